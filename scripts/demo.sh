@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install, train a small GPT chatbot on the chitchat corpus, talk to it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh
+. .venv/bin/activate
+shoshin train demo "$@"
+for prompt in "Hi! How are you doing today?" "What do you like to do for fun?"; do
+  echo "you: $prompt"
+  echo "bot: $(shoshin sample latest --prompt "$prompt" --max-new-tokens 60 --temperature 0.7 --top-k 40 --seed 0)"
+done

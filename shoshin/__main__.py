@@ -1,0 +1,3 @@
+from shoshin.cli import main
+
+raise SystemExit(main())

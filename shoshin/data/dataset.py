@@ -1,0 +1,199 @@
+"""From corpus to training batches: split, tokenize, cache as numpy memmaps, sample windows.
+
+The split is by document (or conversation), seeded; a corpus of a single text document is split
+contiguously (first part train, last part validation), as the classic char-LM benchmarks do.
+Tokenized data is cached under a fingerprint of the source bytes, tokenizer settings and split
+settings, so a second run with the same data does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shoshin.config import DataConfig
+from shoshin.data.chat import render_chat
+from shoshin.data.sources import Corpus, load_corpus
+from shoshin.data.tokenizers import CHAT_TOKENS, EOT, Tokenizer, load_tokenizer, train_tokenizer
+from shoshin.errors import ShoshinError
+from shoshin.models.loss import IGNORE_INDEX
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Split:
+    tokens: np.ndarray  # (N,) token ids
+    mask: np.ndarray  # (N,) 1 where the token is a training target, 0 where the loss skips it
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    train: Split
+    val: Split
+    kind: str  # "text" or "chat"
+    fingerprint: str
+    meta: dict
+
+
+def cache_root() -> Path:
+    """Where tokenized data is cached: $SHOSHIN_CACHE_DIR or ~/.cache/shoshin."""
+    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
+    return Path(root) / "data"
+
+
+def data_fingerprint(source_sha256: str, cfg: DataConfig) -> str:
+    settings = {
+        "version": CACHE_VERSION,
+        "source_sha256": source_sha256,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+        "val_fraction": cfg.val_fraction,
+        "split_seed": cfg.split_seed,
+        "loss_on": cfg.loss_on,
+        "max_documents": cfg.max_documents,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_data(cfg: DataConfig, log=print) -> PreparedData:
+    """Load, split, tokenize and cache the corpus named by `cfg.source` (or reuse the cache)."""
+    corpus = load_corpus(cfg.source, cfg.max_documents)
+    fingerprint = data_fingerprint(corpus.sha256, cfg)
+    folder = cache_root() / fingerprint[:16]
+    if not (folder / "meta.json").exists():
+        log(f"tokenizing {corpus.description} ({len(corpus.documents)} documents) ...")
+        _build_cache(corpus, cfg, folder, fingerprint)
+    meta = json.loads((folder / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+
+    def split(name: str) -> Split:
+        return Split(
+            np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r"),
+            np.memmap(folder / f"{name}_mask.bin", dtype=np.uint8, mode="r"),
+        )
+
+    return PreparedData(
+        load_tokenizer(folder), split("train"), split("val"), corpus.kind, fingerprint, meta
+    )
+
+
+def split_documents(corpus: Corpus, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded split by document; a single text document is split contiguously."""
+    docs = corpus.documents
+    if corpus.kind == "text" and len(docs) == 1:
+        text = docs[0]
+        cut = int(len(text) * (1 - val_fraction))
+        return [text[:cut]], [text[cut:]]
+    if len(docs) < 2:
+        raise ShoshinError(
+            f"corpus {corpus.description} has a single conversation; it needs at least 2 to split"
+        )
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+    val_ids = sorted(order[:n_val])
+    train_ids = sorted(order[n_val:])
+    return [docs[i] for i in train_ids], [docs[i] for i in val_ids]
+
+
+def _texts(kind: str, documents: list) -> list[str]:
+    if kind == "text":
+        return documents
+    return [m["content"] for conversation in documents for m in conversation]
+
+
+def _encode(kind: str, documents: list, tokenizer: Tokenizer, loss_on: str) -> Split:
+    eot = tokenizer.special_tokens[EOT]
+    ids: list[int] = []
+    mask: list[int] = []
+    for doc in documents:
+        if kind == "text":
+            doc_ids = tokenizer.encode(doc)
+            doc_mask = [1] * len(doc_ids)
+        else:
+            doc_ids, doc_mask = render_chat(tokenizer, doc)
+            if loss_on == "all":
+                doc_mask = [1] * len(doc_ids)
+        ids += doc_ids + [eot]
+        mask += doc_mask + [int(loss_on == "all")]
+    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
+    return Split(np.asarray(ids, dtype=dtype), np.asarray(mask, dtype=np.uint8))
+
+
+def _build_cache(corpus: Corpus, cfg: DataConfig, folder: Path, fingerprint: str) -> None:
+    train_docs, val_docs = split_documents(corpus, cfg.val_fraction, cfg.split_seed)
+    specials = [EOT] + (list(CHAT_TOKENS) if corpus.kind == "chat" else [])
+    # The char vocabulary covers the whole corpus so validation text is representable;
+    # BPE merges are learned from the training split only.
+    vocab_texts = _texts(corpus.kind, corpus.documents if cfg.tokenizer == "char" else train_docs)
+    tokenizer = train_tokenizer(cfg.tokenizer, vocab_texts, cfg.vocab_size, specials)
+    train = _encode(corpus.kind, train_docs, tokenizer, cfg.loss_on)
+    val = _encode(corpus.kind, val_docs, tokenizer, cfg.loss_on)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        tokenizer.save(tmp)
+        for name, split in (("train", train), ("val", val)):
+            split.tokens.tofile(tmp / f"{name}.bin")
+            split.mask.tofile(tmp / f"{name}_mask.bin")
+        meta = {
+            "fingerprint": fingerprint,
+            "source": cfg.source,
+            "source_sha256": corpus.sha256,
+            "kind": corpus.kind,
+            "dtype": train.tokens.dtype.name,
+            "vocab_size": tokenizer.vocab_size,
+            "documents": {"train": len(train_docs), "val": len(val_docs)},
+            "tokens": {"train": int(train.tokens.size), "val": int(val.tokens.size)},
+            "characters": {
+                "train": sum(len(t) for t in _texts(corpus.kind, train_docs)),
+                "val": sum(len(t) for t in _texts(corpus.kind, val_docs)),
+            },
+            "bytes": {
+                "train": sum(len(t.encode()) for t in _texts(corpus.kind, train_docs)),
+                "val": sum(len(t.encode()) for t in _texts(corpus.kind, val_docs)),
+            },
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process built the same cache first; theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_fits(data: PreparedData, block_size: int, source: str) -> None:
+    """Refuse a corpus that cannot fill one training and one validation window."""
+    for name, split in (("training", data.train), ("validation", data.val)):
+        if split.tokens.size < block_size + 2:
+            raise ShoshinError(
+                f"corpus {source} is too small: its {name} split has {split.tokens.size} tokens, "
+                f"fewer than one window of model.block_size={block_size} (+1); "
+                "use more data or a smaller model.block_size"
+            )
+
+
+def get_batch(split: Split, batch_size: int, block_size: int, generator: torch.Generator):
+    """Random windows: x (B, T) inputs and y (B, T) next-token targets, IGNORE_INDEX where masked."""
+    ix = torch.randint(
+        split.tokens.size - block_size - 1, (batch_size,), generator=generator
+    ).tolist()
+    x = np.stack([split.tokens[i : i + block_size] for i in ix]).astype(np.int64)
+    y = np.stack([split.tokens[i + 1 : i + 1 + block_size] for i in ix]).astype(np.int64)
+    m = np.stack([split.mask[i + 1 : i + 1 + block_size] for i in ix])
+    y[m == 0] = IGNORE_INDEX
+    return torch.from_numpy(x), torch.from_numpy(y)

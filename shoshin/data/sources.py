@@ -1,0 +1,152 @@
+"""Read a corpus into documents: plain-text documents, or chat conversations (lists of messages).
+
+Sources: a `.txt` file (one document), a folder of `.txt` files (one document each), a `.jsonl`
+chat file in the OpenAI messages format, or `chitchat`, the built-in human conversation corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoshin.errors import ShoshinError
+
+ROLES = ("system", "user", "assistant")
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass
+class Corpus:
+    kind: str  # "text" or "chat"
+    documents: list  # list[str] for text, list[Conversation] for chat
+    sha256: str  # hash of the source bytes
+    description: str
+
+
+def load_corpus(source: str, max_documents: int = 0) -> Corpus:
+    """Load a corpus by name or path; every user mistake becomes a one-line ShoshinError."""
+    if source == "chitchat":
+        corpus = _load_chitchat()
+    elif source.startswith("hf:"):
+        raise ShoshinError(
+            f"data.source {source!r}: Hugging Face datasets are not supported yet; "
+            "export it to a .txt or .jsonl file"
+        )
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ShoshinError(
+                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat file or chitchat)"
+            )
+        if path.is_dir():
+            corpus = _load_text_folder(path)
+        elif path.suffix == ".jsonl":
+            corpus = _load_chat_jsonl(path)
+        else:
+            corpus = _load_text_file(path)
+    if max_documents:
+        corpus.documents = corpus.documents[:max_documents]
+    if not corpus.documents:
+        raise ShoshinError(f"corpus {corpus.description} is empty")
+    return corpus
+
+
+def _read_text(path: Path) -> tuple[str, bytes]:
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ShoshinError(f"{path} looks like a binary file, not UTF-8 text")
+    try:
+        return data.decode("utf-8"), data
+    except UnicodeDecodeError as exc:
+        raise ShoshinError(
+            f"{path} is not valid UTF-8 text (bad byte at offset {exc.start})"
+        ) from None
+
+
+def _load_text_file(path: Path) -> Corpus:
+    text, data = _read_text(path)
+    if not text.strip():
+        raise ShoshinError(f"corpus {path} is empty")
+    return Corpus("text", [text], hashlib.sha256(data).hexdigest(), str(path))
+
+
+def _load_text_folder(folder: Path) -> Corpus:
+    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    if not files:
+        raise ShoshinError(f"corpus folder {folder} has no .txt files")
+    digest = hashlib.sha256()
+    documents = []
+    for path in files:
+        text, data = _read_text(path)
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + data + b"\0")
+        if text.strip():
+            documents.append(text)
+    if not documents:
+        raise ShoshinError(f"corpus folder {folder} is empty (all .txt files are blank)")
+    return Corpus("text", documents, digest.hexdigest(), str(folder))
+
+
+def _load_chat_jsonl(path: Path) -> Corpus:
+    text, data = _read_text(path)
+    conversations = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ShoshinError(f"{where}: malformed JSON ({exc.msg})") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise ShoshinError(
+                f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
+            )
+        conversation = []
+        for message in messages:
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                raise ShoshinError(f"{where}: each message needs a string 'content'")
+            role = message.get("role")
+            if role not in ROLES:
+                raise ShoshinError(
+                    f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+                )
+            conversation.append({"role": role, "content": message["content"]})
+        conversations.append(conversation)
+    if not conversations:
+        raise ShoshinError(f"corpus {path} is empty")
+    return Corpus("chat", conversations, hashlib.sha256(data).hexdigest(), str(path))
+
+
+def _load_chitchat() -> Corpus:
+    """The chitchat-dataset package: 7,168 human conversations between two people.
+
+    Its conversations are already grouped into turns (consecutive messages of one sender); the
+    messages of a turn are joined with newlines and the turns alternate user / assistant.
+    """
+    try:
+        import chitchat_dataset
+    except ImportError:
+        raise ShoshinError(
+            "the chitchat corpus needs the chitchat-dataset package: pip install chitchat-dataset"
+        ) from None
+    path = Path(chitchat_dataset.__file__).parent / "dataset.json"
+    data = path.read_bytes()
+    raw = json.loads(data)
+    conversations = []
+    for key in sorted(raw):
+        turns = [
+            "\n".join(m["text"].strip() for m in turn if m["text"].strip())
+            for turn in raw[key]["messages"]
+        ]
+        turns = [t for t in turns if t]
+        if len(turns) < 2:
+            continue
+        conversations.append(
+            [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+        )
+    return Corpus("chat", conversations, hashlib.sha256(data).hexdigest(), "chitchat")

@@ -1,0 +1,22 @@
+"""The language-modelling loss shared by every model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -1
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not IGNORE_INDEX.
+
+    A batch whose targets are all masked (possible with an assistant-only loss) gives 0, not NaN.
+    """
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)

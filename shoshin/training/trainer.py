@@ -1,0 +1,366 @@
+"""The training loop: one story from config to a run directory with metrics and checkpoints.
+
+Resume is exact: model, optimizer, schedule position, RNG states (dropout and the batch sampler) are
+restored from the checkpoint, so an interrupted-then-resumed run logs the same losses as one that
+ran straight through (bitwise on CPU with the same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from shoshin.config import Config, save_config
+from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
+from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.errors import ShoshinError
+from shoshin.generation.sampling import generate
+from shoshin.models import build_model, count_parameters
+from shoshin.runs.store import Run, create_run, now_iso
+from shoshin.training.checkpoint import (
+    checkpoint_path,
+    load_model_tensors,
+    read_checkpoint,
+    read_index,
+    save_checkpoint,
+)
+from shoshin.training.optim import lr_at, make_optimizer
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
+    return torch.device(name)
+
+
+def _capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda{i}"] = state
+    return rng
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["batches"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+class Trainer:
+    """Trains one run. Use `train(config)` for a new run or `resume(run)` to continue one."""
+
+    def __init__(self, config: Config, run: Run, log=print):
+        self.config = config
+        self.run = run
+        self.log = log
+        tc = config.train
+        self.device = pick_device(tc.device)
+        self.data: PreparedData = prepare_data(config.data, log=log)
+        check_fits(self.data, config.model.block_size, config.data.source)
+        config.model.vocab_size = self.data.tokenizer.vocab_size
+        torch.manual_seed(tc.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, tc, self.device.type)
+        self.batch_gen = torch.Generator().manual_seed(tc.seed)
+        self.step = 0
+        self.best_val = math.inf
+        self.elapsed = 0.0  # seconds of training across resumes
+        self.tokens_seen = 0
+        self.forward = torch.compile(self.model) if tc.compile else self.model
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if tc.dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
+
+    # -- state ---------------------------------------------------------------------------
+
+    def load(self, which: str = "latest") -> None:
+        """Restore model, optimizer, RNG and counters from a checkpoint of this run."""
+        path = checkpoint_path(self.run.path / "checkpoints", which)
+        ckpt = read_checkpoint(path, with_trainer=True)
+        load_model_tensors(self.model, ckpt["model"], str(path))
+        if ckpt["optimizer"] is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        _restore_rng(ckpt["rng"], self.batch_gen)
+        state = ckpt["state"]
+        self.step = state["step"]
+        self.best_val = state.get("best_val_loss") or math.inf
+        self.elapsed = state.get("elapsed", 0.0)
+        self.tokens_seen = state.get("tokens_seen", 0)
+
+    def save(self, rng: dict[str, torch.Tensor], best: bool = False) -> None:
+        state = {
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+            "elapsed": self.elapsed,
+            "tokens_seen": self.tokens_seen,
+        }
+        save_checkpoint(
+            self.run.path / "checkpoints",
+            self.step,
+            self.model,
+            self.optimizer,
+            rng,
+            state,
+            best=best,
+        )
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation loss over eval_iters fixed batches (the same batches every time)."""
+        tc, T = self.config.train, self.config.model.block_size
+        gen = torch.Generator().manual_seed(tc.seed + 1)
+        self.model.eval()
+        losses = []
+        for _ in range(tc.eval_iters):
+            x, y = get_batch(self.data.val, tc.batch_size, T, gen)
+            with self.autocast:
+                losses.append(self.forward(x.to(self.device), y.to(self.device)).item())
+        self.model.train()
+        loss = sum(losses) / len(losses)
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        meta = self.data.meta
+        if self.config.data.loss_on == "all":
+            # Bits per character (char tokenizer) or per UTF-8 byte (BPE): comparable across tokenizers.
+            unit = "char" if self.config.data.tokenizer == "char" else "byte"
+            units = (
+                meta["characters"]["val"] if unit == "char" else meta.get("bytes", {}).get("val")
+            )
+            if units:
+                out[f"val_bits_per_{unit}"] = loss * meta["tokens"]["val"] / units / math.log(2)
+        return out
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> Run:
+        tc, T = self.config.train, self.config.model.block_size
+        model, opt = self.model, self.optimizer
+        self.run.update_manifest(
+            status="running",
+            params=count_parameters(model),
+            arch=self.config.model.arch,
+            device=str(self.device),
+            threads=torch.get_num_threads(),
+            data={
+                "source": self.config.data.source,
+                "fingerprint": self.data.fingerprint,
+                "source_sha256": self.data.meta["source_sha256"],
+                "kind": self.data.kind,
+                "tokens": self.data.meta["tokens"],
+                "documents": self.data.meta["documents"],
+                "vocab_size": self.data.tokenizer.vocab_size,
+            },
+        )
+        self.data.tokenizer.save(self.run.path)
+        self.run.truncate_metrics(self.step)
+        tokens_per_step = tc.batch_size * tc.grad_accum * T
+        deadline = time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=tc.max_steps, initial=self.step, disable=not interactive, dynamic_ncols=True
+        )
+        rng_at_step_start = _capture_rng(self.batch_gen)
+        last_log_time, last_log_step = time.monotonic(), self.step
+        model.train()
+        try:
+            while self.step < tc.max_steps:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.log(f"time budget of {tc.max_minutes:g} min reached at step {self.step}")
+                    break
+                step_start = time.monotonic()
+                rng_at_step_start = _capture_rng(self.batch_gen)
+                lr = lr_at(self.step, tc)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss_sum = 0.0
+                for _ in range(tc.grad_accum):
+                    x, y = get_batch(self.data.train, tc.batch_size, T, self.batch_gen)
+                    with self.autocast:
+                        loss = self.forward(x.to(self.device), y.to(self.device)) / tc.grad_accum
+                    loss.backward()
+                    loss_sum += loss.item()
+                if not math.isfinite(loss_sum):
+                    raise ShoshinError(
+                        f"training loss became {loss_sum} at step {self.step + 1}; stopped "
+                        "(the last good checkpoint is kept); try a lower train.lr or train.grad_clip=1"
+                    )
+                if tc.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                self.elapsed += time.monotonic() - step_start
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
+
+                row: dict[str, float] = {}
+                last = self.step == tc.max_steps
+                if self.step % tc.log_interval == 0 or last:
+                    now = time.monotonic()
+                    tok_s = (
+                        (self.step - last_log_step)
+                        * tokens_per_step
+                        / max(now - last_log_time, 1e-9)
+                    )
+                    last_log_time, last_log_step = now, self.step
+                    row.update(train_loss=loss_sum, lr=lr, tokens_per_sec=tok_s)
+                evaluated = (tc.eval_interval and self.step % tc.eval_interval == 0) or last
+                improved = False
+                if evaluated:
+                    eval_start = time.monotonic()
+                    row.update(self.evaluate())
+                    last_log_time += time.monotonic() - eval_start  # keep eval time out of tokens/s
+                    improved = row["val_loss"] < self.best_val
+                    self.best_val = min(self.best_val, row["val_loss"])
+                if row:
+                    self.run.append_metrics(
+                        {"step": self.step, **row, "elapsed": round(self.elapsed, 3)}
+                    )
+                    self._report(row, bar, interactive)
+                checkpoint_due = tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0
+                if checkpoint_due or improved or last:
+                    self.save(_capture_rng(self.batch_gen), best=improved)
+            self._close_out(bar, interactive)
+        except KeyboardInterrupt:
+            bar.close()
+            # The interrupted step did not finish: save the state from before it began.
+            self.save(rng_at_step_start)
+            self._finish("interrupted")
+            self.log(
+                f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"
+            )
+            raise
+        except BaseException as exc:
+            bar.close()
+            self._finish("failed", error=f"{type(exc).__name__}: {exc}", tb=traceback.format_exc())
+            raise
+        bar.close()
+        self._finish("completed")
+        return self.run
+
+    def _close_out(self, bar: tqdm, interactive: bool) -> None:
+        """After a stop by time budget: make sure the end state is evaluated and checkpointed."""
+        rows = self.run.metrics()
+        improved = False
+        if not rows or rows[-1]["step"] != self.step or "val_loss" not in rows[-1]:
+            row = self.evaluate()
+            improved = row["val_loss"] < self.best_val
+            self.best_val = min(self.best_val, row["val_loss"])
+            self.run.append_metrics({"step": self.step, **row, "elapsed": round(self.elapsed, 3)})
+            self._report(row, bar, interactive)
+        index = read_index(self.run.path / "checkpoints")
+        if improved or index.get("latest") != f"step-{self.step:07d}":
+            self.save(_capture_rng(self.batch_gen), best=improved)
+
+    def _report(self, row: dict[str, float], bar: tqdm, interactive: bool) -> None:
+        tc = self.config.train
+        parts = [f"step {self.step}/{tc.max_steps}"]
+        if "train_loss" in row:
+            parts.append(f"loss {row['train_loss']:.4f}")
+        if "val_loss" in row:
+            parts.append(f"val {row['val_loss']:.4f}")
+        if "lr" in row:
+            parts.append(f"lr {row['lr']:.2e}")
+        if "tokens_per_sec" in row:
+            parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
+            remaining = (tc.max_steps - self.step) * self.elapsed / max(self.step, 1)
+            parts.append(f"eta {remaining / 60:.1f} min")
+        line = " | ".join(parts)
+        if interactive:
+            if "val_loss" in row:
+                bar.write(line)
+        else:
+            self.log(line)
+
+    def _finish(self, status: str, error: str | None = None, tb: str | None = None) -> None:
+        metrics = self.run.metrics()
+        vals = [r["val_loss"] for r in metrics if "val_loss" in r]
+        fields = {
+            "status": status,
+            "end_time": now_iso(),
+            "steps": self.step,
+            "elapsed_seconds": round(self.elapsed, 2),
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": min(vals) if vals else None,
+            "final_val_loss": vals[-1] if vals else None,
+            "error": error,
+        }
+        if tb:
+            (self.run.path / "traceback.txt").write_text(tb)
+        self.run.update_manifest(**fields)
+
+    def sample_text(self, max_new_tokens: int, prompt: str = "", seed: int = 0) -> str:
+        """A short sample from the current model, as a chat reply when the run is a chat model."""
+        tok = self.data.tokenizer
+        if is_chat_tokenizer(tok):
+            ids, _ = render_chat(
+                tok, [{"role": "user", "content": prompt or "Hi! How are you?"}], True
+            )
+        else:
+            ids = tok.encode(prompt) or [tok.special_tokens["<|endoftext|>"]]
+        new = generate(
+            self.model,
+            ids,
+            max_new_tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=seed,
+            stop_ids=end_token_ids(tok),
+        )
+        return (prompt if not is_chat_tokenizer(tok) else "") + tok.decode(new)
+
+
+def train(config: Config, runs_dir: Path, command: list[str] | None = None, log=print) -> Run:
+    """Train a new run from `config`; returns its Run."""
+    run = create_run(config, runs_dir, command)
+    log(f"run {run.id} -> {run.path}")
+    try:
+        trainer = Trainer(config, run, log=log)
+    except BaseException as exc:
+        run.update_manifest(
+            status="failed", end_time=now_iso(), error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
+    trainer.fit()
+    _final_sample(trainer, log)
+    return run
+
+
+def resume(run: Run, log=print) -> Run:
+    """Continue `run` from its latest checkpoint, exactly where it stopped."""
+    config = run.config
+    trainer = Trainer(config, run, log=log)
+    trainer.load("latest")
+    log(f"resuming run {run.id} at step {trainer.step}")
+    run.update_manifest(
+        resumed=[*run.manifest.get("resumed", []), {"step": trainer.step, "time": now_iso()}]
+    )
+    trainer.fit()
+    _final_sample(trainer, log)
+    return run
+
+
+def _final_sample(trainer: Trainer, log) -> None:
+    tc = trainer.config.train
+    if tc.sample_tokens > 0:
+        text = trainer.sample_text(tc.sample_tokens, tc.sample_prompt, seed=tc.seed)
+        (trainer.run.path / "samples").mkdir(exist_ok=True)
+        (trainer.run.path / "samples" / f"step-{trainer.step:07d}.txt").write_text(text)
+        log("sample:\n" + text)

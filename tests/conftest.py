@@ -1,0 +1,56 @@
+"""Shared test fixtures: every test gets its own runs folder and data cache, and runs the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Runs go to tmp_path/runs; tokenized data to a cache shared by the session (it is keyed by content)."""
+    monkeypatch.setenv("SHOSHIN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("SHOSHIN_CACHE_DIR", str(_shared_cache()))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _shared_cache() -> Path:
+    path = Path(os.environ.get("PYTEST_SHOSHIN_CACHE", REPO / ".pytest_cache" / "shoshin-data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300, input: str | None = None, env: dict | None = None):
+    """Run `python -m shoshin ARGS` as a user would; returns the CompletedProcess (text mode)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shoshin", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def shakespeare_like(tmp_path) -> Path:
+    """A small text corpus made on the spot (tests never need ../shared)."""
+    lines = []
+    words = ["thou", "art", "the", "king", "of", "my", "heart", "and", "fair", "lady", "speak", "now"]
+    for i in range(3000):
+        lines.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6 + i % 5)))
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -3,6 +3,10 @@
 Two layouts, so that real checkpoints load exactly:
 - norm="pre" (GPT-2): x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); a final LayerNorm ln_f.
 - norm="post" (GPT-1): x = ln_1(x + attn(x)); x = ln_2(x + mlp(x)); no final LayerNorm.
+
+Inference passes a KVCache into forward: each layer appends its keys and values for the new tokens,
+and attends over everything cached so far. Every row of a batch has its own length, so prompts of
+different lengths (and requests that join a running batch) share one cache.
 """
 
 from __future__ import annotations
@@ -17,6 +21,45 @@ from shoshin.config import ModelConfig
 from shoshin.models.loss import lm_loss
 
 
+class KVCache:
+    """Preallocated keys and values of every layer, with an explicit length per batch row.
+
+    k, v: (n_layer, B, nh, max_len, hs). lengths: (B,) tokens already cached in each row; the
+    model appends the new tokens' keys/values at those positions and then advances `lengths`.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, head_dim, max_len, device=None, dtype=None):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+
+    def row(self, b: int) -> KVCache:
+        """A view of row b alone (writes go through to this cache), e.g. to prefill one prompt."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, b : b + 1], self.v[:, b : b + 1]
+        view.lengths, view.max_len = self.lengths[b : b + 1], self.max_len
+        return view
+
+    def reset(self, b: int | None = None) -> None:
+        """Forget row b (or every row); the stale values are never attended to again."""
+        if b is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[b] = 0
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """Boolean mask (B, 1, T, S) over the S cached positions for T new tokens, or None if none is needed."""
+        starts = self.lengths
+        if T == 1 and bool((starts == starts[0]).all()):
+            return None  # one new token per row, all rows equally long: it may see every cached key
+        S = int(starts.max()) + T
+        q_pos = starts[:, None] + torch.arange(T, device=starts.device)  # (B, T) absolute positions
+        k_pos = torch.arange(S, device=starts.device)  # (S,)
+        return (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -29,17 +72,46 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )  # (B, nh, T, hs)
+        else:
+            k, v = self._append(cache, layer, k, v)  # (B, nh, S, hs): everything cached so far
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
+
+    @staticmethod
+    def _append(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write the new keys/values at each row's length; return the cached keys/values to attend over."""
+        B, _, T, _ = k.shape
+        starts = cache.lengths
+        ck, cv = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs)
+        if bool((starts == starts[0]).all()):
+            s = int(starts[0])
+            ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
+        elif T == 1:
+            rows = torch.arange(B, device=k.device)
+            ck[rows, :, starts], cv[rows, :, starts] = k[:, :, 0], v[:, :, 0]
+        else:
+            for b in range(B):
+                s = int(starts[b])
+                ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
+        S = int(starts.max()) + T
+        return ck[:, :, :S], cv[:, :, :S]
 
 
 class MLP(nn.Module):
@@ -64,12 +136,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, mask=None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x))
+            x = x + self.attn(self.ln_1(x), cache, layer, mask)
             x = x + self.mlp(self.ln_2(x))
         else:
-            x = self.ln_1(x + self.attn(x))
+            x = self.ln_1(x + self.attn(x, cache, layer, mask))
             x = self.ln_2(x + self.mlp(x))
         return x
 
@@ -107,17 +179,42 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead."""
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to max_len (default block_size) tokens."""
+        c = self.config
+        p = self.wte.weight
+        max_len = min(max_len or c.block_size, c.block_size)
+        head_dim = c.n_embd // c.n_head
+        return KVCache(c.n_layer, batch_size, c.n_head, head_dim, max_len, p.device, p.dtype)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead.
+
+        With a cache, idx holds only the new tokens of each row; they are appended to the cache.
+        """
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {T} tokens is longer than block_size {self.config.block_size}"
-            )
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"{T} tokens is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+            mask = None
+        else:
+            if int(cache.lengths.max()) + T > cache.max_len:
+                raise ValueError(
+                    f"KV cache overflow: {int(cache.lengths.max())} + {T} > {cache.max_len}"
+                )
+            pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+            mask = cache.attention_mask(T)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.h:
-            x = block(x)
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i, mask)
+        if cache is not None:
+            cache.lengths += T  # advanced once, by the model, after every layer has written
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         if targets is None:
             return logits

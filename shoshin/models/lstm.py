@@ -9,6 +9,32 @@ from shoshin.config import ModelConfig
 from shoshin.models.loss import lm_loss
 
 
+class LSTMState:
+    """The carried recurrent state (h, c), each (n_layer, B, C), and how many tokens each row has read.
+
+    The LSTM's counterpart of the GPT's KV cache: forward reads it and replaces it in place.
+    """
+
+    def __init__(self, n_layer, batch_size, hidden, device=None, dtype=None):
+        self.h = torch.zeros(n_layer, batch_size, hidden, device=device, dtype=dtype)
+        self.c = torch.zeros(n_layer, batch_size, hidden, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = None  # no position limit: the state summarises the whole history
+
+    def row(self, b: int) -> LSTMState:
+        """A view of row b alone (updates go through to this state)."""
+        view = LSTMState.__new__(LSTMState)
+        view.h, view.c = self.h[:, b : b + 1], self.c[:, b : b + 1]
+        view.lengths, view.max_len = self.lengths[b : b + 1], None
+        return view
+
+    def reset(self, b: int | None = None) -> None:
+        rows = slice(None) if b is None else slice(b, b + 1)
+        self.h[:, rows] = 0
+        self.c[:, rows] = 0
+        self.lengths[rows] = 0
+
+
 class LSTM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -30,10 +56,29 @@ class LSTM(nn.Module):
             self.lm_head.weight = self.wte.weight
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead."""
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> LSTMState:
+        """An empty (zero) recurrent state for `batch_size` rows; max_len is ignored."""
+        p = self.wte.weight
+        return LSTMState(self.config.n_layer, batch_size, self.config.n_embd, p.device, p.dtype)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: LSTMState | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead.
+
+        Without a state, every window starts from zero; with one, it continues from it and updates it.
+        """
         x = self.drop(self.wte(idx))  # (B, T, C)
-        out, _ = self.lstm(x)  # (B, T, C); the state starts at zero for every window
+        if cache is None:
+            out, _ = self.lstm(x)  # (B, T, C)
+        else:
+            out, (h, c) = self.lstm(x, (cache.h, cache.c))
+            cache.h.copy_(h)
+            cache.c.copy_(c)
+            cache.lengths += idx.size(1)
         logits = self.lm_head(self.drop(out))  # (B, T, vocab)
         if targets is None:
             return logits

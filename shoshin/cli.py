@@ -53,6 +53,7 @@ def run_summary(run: Run) -> dict:
         "steps": m.get("steps", 0),
         "best_val_loss": m.get("best_val_loss"),
         "status": effective_status(m),
+        "error": m.get("error"),
         "duration_seconds": m.get("elapsed_seconds"),
         "start_time": m.get("start_time"),
         "path": str(run.path),
@@ -64,20 +65,39 @@ def run_summary(run: Run) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from shoshin.config import load_config
+    from shoshin.training.distributed import launch, shutdown
     from shoshin.training.trainer import resume, train
 
+    if args.nproc:
+        return launch(args.nproc, _without_option(sys.argv[1:], "--nproc"))
     root = runs_root(args.runs_dir)
-    if args.resume:
-        if args.config:
-            raise ShoshinError(
-                "--resume continues a run with its recorded config; drop the CONFIG argument"
-            )
-        resume(resolve_run(args.resume, root))
-    else:
-        config_arg, overrides = _split_config_args(args.config, args.overrides)
-        config = load_config(config_arg, overrides)
-        train(config, root, command=["shoshin", *sys.argv[1:]])
+    try:
+        if args.resume:
+            if args.config:
+                raise ShoshinError(
+                    "--resume continues a run with its recorded config; drop the CONFIG argument"
+                )
+            resume(resolve_run(args.resume, root))
+        else:
+            config_arg, overrides = _split_config_args(args.config, args.overrides)
+            config = load_config(config_arg, overrides)
+            train(config, root, command=["shoshin", *sys.argv[1:]])
+    finally:
+        shutdown()  # leave the torchrun process group, if there is one
     return 0
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """argv without `option VALUE` / `option=VALUE` (to pass the rest on to torchrun's workers)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _split_config_args(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -108,8 +128,65 @@ def cmd_runs(args: argparse.Namespace) -> int:
         ]
         for s in summaries
     ]
-    print_table(["id", "name", "arch", "params", "steps", "best val", "status", "duration"], rows)
+    headers = ["id", "name", "arch", "params", "steps", "best val", "status", "duration"]
+    if any(s["error"] for s in summaries):  # why a run failed, in a last column
+        headers.append("error")
+        for row, s in zip(rows, summaries, strict=True):
+            error = s["error"] or ""
+            row.append(error if len(error) <= 70 else error[:67] + "...")
+    print_table(headers, rows)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from shoshin.runs.compare import compare_runs, format_report, plot_runs
+
+    root = runs_root(args.runs_dir)
+    runs = [resolve_run(ref, root) for ref in args.runs]
+    report = compare_runs(runs)
+    if args.plot:
+        plot_runs(runs, args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if args.plot:
+            print(f"\nplot: {args.plot}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from shoshin.runs.reproduce import probe, reproduce
+
+    if args.probe:
+        from shoshin.config import load_config
+
+        config_arg, overrides = _split_config_args(args.run, args.overrides)
+        verdict = probe(load_config(config_arg or "tiny", overrides), steps=args.steps or 20)
+        if verdict.ok:
+            print(
+                f"DETERMINISTIC: two runs of {verdict.steps} steps with the same seed are identical"
+            )
+        else:
+            print(f"NOT DETERMINISTIC: {verdict.line()}")
+        return 0 if verdict.ok else 1
+    if not args.run or args.overrides:
+        raise ShoshinError(
+            "reproduce takes one RUN (or --probe [CONFIG] [key=value ...]); see shoshin runs"
+        )
+    root = runs_root(args.runs_dir)
+    run = resolve_run(args.run, root)
+    new, verdict = reproduce(
+        run,
+        root,
+        steps=args.steps,
+        force=args.force,
+        tolerance=args.tolerance,
+        command=["shoshin", *sys.argv[1:]],
+    )
+    print(f"re-run: {new.id}")
+    print(verdict.line())
+    return 0 if verdict.ok else 1
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -142,11 +219,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(
         f"steps     {manifest.get('steps', 0)} in {_fmt_duration(manifest.get('elapsed_seconds'))}"
     )
+    _print_predicted_vs_actual(manifest)
     best = manifest.get("best_val_loss")
     print(f"val loss  best {best:.4f}" if best is not None else "val loss  -")
     git = manifest.get("git")
     if git:
         print(f"git       {git.get('commit', '-')}" + (" (dirty)" if git.get("dirty") else ""))
+    code = manifest.get("code") or {}
+    source = code.get("shoshin_git") or {}
+    if source.get("commit"):
+        dirty = " (dirty)" if source.get("dirty") else ""
+        print(f"shoshin   {source['commit']}{dirty} in {source.get('root')}")
+    if code.get("fingerprint"):
+        print(f"code      fingerprint {code['fingerprint']['shoshin_source'][:16]}")
+    overlap = data.get("overlap") or {}
+    if overlap.get("warning"):
+        print(f"leakage   {overlap['warning']}")
     print("config:")
     for section, values in run.config.to_dict().items():
         if isinstance(values, dict):
@@ -171,34 +259,169 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
-    from shoshin.generation import generate
-    from shoshin.loading import load_run
+    from shoshin.data.chat import is_chat_tokenizer
+    from shoshin.generation.sample import sample_text
 
-    run = resolve_run(args.run, runs_root(args.runs_dir))
-    model, tok = load_run(run, args.checkpoint)
-    chat = is_chat_tokenizer(tok)
-    if chat:
-        prompt_ids, _ = render_chat(
-            tok, [{"role": "user", "content": args.prompt}], add_generation_prompt=True
-        )
-    else:
-        prompt_ids = tok.encode(args.prompt) or [tok.special_tokens["<|endoftext|>"]]
-    new = generate(
-        model,
-        prompt_ids,
-        args.max_new_tokens,
+    model, tok = _load_for_inference(args)
+    if not is_chat_tokenizer(tok):
+        print(args.prompt, end="", flush=True)
+    for piece in sample_text(
+        model, tok, args.prompt, _sampling_params(args), not args.no_cache, args.stop
+    ):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from shoshin.generation import Engine
+    from shoshin.generation.chat import ChatSession, run_terminal_chat
+
+    model, tok = _load_for_inference(args)
+    session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
+    window = session.engine.window
+    print(f"chatting with {args.run} ({model.config.arch}, context {window or 'unlimited'} tokens)")
+    run_terminal_chat(session)
+    return 0
+
+
+def _load_for_inference(args: argparse.Namespace):
+    """Model and tokenizer of a run or HF checkpoint, at the precision the user asked for."""
+    from shoshin.generation.precision import prepare_for_inference
+    from shoshin.loading import load
+
+    model, tok = load(args.run, args.checkpoint, args.runs_dir)  # a run or an HF checkpoint
+    return prepare_for_inference(model, args.dtype, args.quantize), tok
+
+
+def _sampling_params(args: argparse.Namespace):
+    from shoshin.generation import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        use_cache=not args.no_cache,
-        stop_ids=end_token_ids(tok) if chat else (),
+    ).validate()
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from shoshin.config import load_config
+    from shoshin.training.finetune import finetune
+
+    config_arg, overrides = _split_config_args(args.config, args.overrides)
+    config = load_config(config_arg or "finetune", overrides)
+    finetune(
+        args.source,
+        config,
+        runs_root(args.runs_dir),
+        command=["shoshin", *sys.argv[1:]],
+        overrides=overrides,
     )
-    stops = set(end_token_ids(tok))
-    if chat and new and new[-1] in stops:
-        new = new[:-1]
-    print(tok.decode(new) if chat else args.prompt + tok.decode(new))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from shoshin.interop.export import export
+
+    out = export(args.run, args.out, args.checkpoint, args.runs_dir)
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from shoshin.serving import ServeConfig, load_app, serve
+
+    for name in ("max_batch", "max_concurrent", "max_tokens", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ShoshinError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ShoshinError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ServeConfig(
+        max_batch=args.max_batch,
+        max_concurrent=args.max_concurrent,
+        max_tokens=args.max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
+    )
+    serve(load_app(args.run, config, args.checkpoint, args.runs_dir), args.host, args.port)
+    return 0
+
+
+def _print_predicted_vs_actual(manifest: dict) -> None:
+    """The run's own estimate (made as it started) against what it then took."""
+    est, steps = manifest.get("estimate") or {}, manifest.get("steps")
+    actual = manifest.get("elapsed_seconds")
+    if est.get("step_seconds") and steps and actual:
+        predicted = est["step_seconds"] * steps
+        print(
+            f"time      predicted {_fmt_duration(predicted)} for {steps} steps, "
+            f"actual {_fmt_duration(actual)} ({actual / predicted:.2f}x the prediction)"
+        )
+    peak = manifest.get("peak_rss_bytes")
+    if est.get("memory") and peak:
+        predicted = est["memory"]["training_process"]
+        print(
+            f"memory    predicted {predicted / 2**20:,.0f} MiB, "
+            f"peak resident {peak / 2**20:,.0f} MiB ({peak / predicted:.2f}x)"
+        )
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from shoshin.config import load_config
+    from shoshin.training.estimate import estimate, format_estimate
+
+    config_arg, overrides = _split_config_args(args.config, args.overrides)
+    config = load_config(config_arg, overrides)
+    # With --json, stdout carries only the JSON; progress notes go to stderr.
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    est = estimate(config, calibration_steps=args.calibration_steps, log=log)
+    print(json.dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from shoshin.config import load_config
+    from shoshin.training.lr_find import lr_find
+
+    config_arg, overrides = _split_config_args(args.config, args.overrides)
+    config = load_config(config_arg, overrides)
+    result = lr_find(
+        config,
+        runs_root(args.runs_dir),
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        steps=args.steps,
+        command=["shoshin", *sys.argv[1:]],
+    )
+    print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.rule})")
+    print(f"plot: {result.plot}")
+    return 0
+
+
+def cmd_bench_matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shoshin.bench.matrix import MatrixSpec, run_matrix
+
+    def split(values: list[str]) -> list[str]:
+        return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+    spec = MatrixSpec(
+        archs=split(args.arch),
+        datasets=split(args.data),
+        steps=args.steps or 0,
+        minutes=args.minutes or 0.0,
+        overrides=list(args.overrides),
+    )
+    run_matrix(spec, Path(args.out), runs_root(args.runs_dir))
     return 0
 
 
@@ -225,7 +448,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted overrides, e.g. train.max_steps=500",
     )
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (starts torchrun; data-parallel DDP)",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "finetune", parents=[common], help="fine-tune a Hugging Face GPT-1/GPT-2 checkpoint"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SRC",
+        help="a checkpoint folder (config.json + weights + tokenizer) or a hub id such as gpt2",
+    )
+    p.add_argument("config", nargs="?", help="a preset name or YAML file (default: finetune)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. data.source=chat.jsonl",
+    )
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", parents=[common], help="write a run as a transformers checkpoint")
+    p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -236,17 +490,142 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("sample", parents=[common], help="generate text from a run")
-    p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
+    p = sub.add_parser(
+        "compare", parents=[common], help="compare runs: config, code, data, environment, metrics"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more runs (id, prefix or path)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", metavar="FILE.png", help="overlay the loss curves (needs matplotlib)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "reproduce", parents=[common], help="re-run a recorded run and verify its metrics"
+    )
+    p.add_argument("run", nargs="?", metavar="RUN", help="the run to re-run (with --probe: CONFIG)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="--probe only: overrides")
+    p.add_argument("--steps", type=int, help="steps to re-run (default: all the run recorded)")
+    p.add_argument("--force", action="store_true", help="re-run even if code or data changed")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-6, help="largest |Δ loss| still counted as equal"
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="two short runs of CONFIG (default tiny) with one seed: is this machine deterministic?",
+    )
+    p.set_defaults(func=cmd_reproduce)
+
+    generation = argparse.ArgumentParser(add_help=False)
+    generation.add_argument("--max-new-tokens", type=int, default=200)
+    generation.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    generation.add_argument("--top-k", type=int, default=None)
+    generation.add_argument("--top-p", type=float, default=None)
+    generation.add_argument("--seed", type=int, default=None)
+    generation.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    generation.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and activations"
+    )
+    generation.add_argument(
+        "--quantize", choices=["int8"], default=None, help="int8 weight-only quantization"
+    )
+
+    p = sub.add_parser("sample", parents=[common, generation], help="generate text from a run")
+    p.add_argument(
+        "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
+    )
     p.add_argument("--prompt", default="", help="text to continue (a user message for chat models)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)"
+    )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("chat", parents=[common, generation], help="multi-turn chat in the terminal")
+    p.add_argument(
+        "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
+    )
+    p.add_argument(
+        "--system", default=None, help="a system prompt, kept however long the chat gets"
+    )
+    p.set_defaults(func=cmd_chat, max_new_tokens=256)
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="OpenAI-compatible HTTP API and web chat page"
+    )
+    p.add_argument(
+        "run", metavar="RUN", help="run id, unique prefix, latest, run directory or checkpoint"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", help="require `Authorization: Bearer KEY` (default: $SHOSHIN_API_KEY)"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=64,
+        help="requests in progress or queued; more get 429",
+    )
+    p.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "estimate", help="parameters, FLOPs, memory and predicted time before training"
+    )
+    p.add_argument("config", nargs="?", help="a preset name or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    p.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=5,
+        help="training steps timed on this machine to predict the wall time (0 = skip)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser(
+        "lr-find", parents=[common], help="learning-rate range test with a plot and a suggestion"
+    )
+    p.add_argument("config", nargs="?", help="a preset name or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=300, help="steps from --start-lr to --end-lr")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("bench", help="benchmarks: `bench matrix` compares architectures x datasets")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    p = bench.add_parser(
+        "matrix",
+        parents=[common],
+        help="train every architecture on every dataset at a fixed budget; leaderboard + heatmap",
+    )
+    p.add_argument(
+        "--arch",
+        action="append",
+        required=True,
+        help="a preset or YAML config (repeat or comma-separate: --arch tiny,lstm-char)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="a corpus: a .txt/.jsonl path or chitchat (repeat or comma-separate)",
+    )
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="training steps per cell")
+    budget.add_argument("--minutes", type=float, help="training minutes per cell")
+    p.add_argument("--out", default="matrix", help="folder for the leaderboard and heatmap")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every cell")
+    p.set_defaults(func=cmd_bench_matrix)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     norm: str = "pre"  # pre: GPT-2 layout (LayerNorm before each sublayer); post: GPT-1 layout
-    activation: str = "gelu_tanh"  # gelu_tanh (GPT-2) | gelu (exact, GPT-1)
+    activation: str = "gelu_tanh"  # gelu_tanh (GPT-2 and GPT-1 checkpoints) | gelu (exact)
     layer_norm_eps: float = 1e-5
     tie_embeddings: bool = True
     vocab_size: int = 0  # set from the tokenizer when training starts
@@ -53,15 +54,16 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "chitchat"  # a .txt file or folder, a .jsonl chat file, or chitchat
-    tokenizer: str = "bpe"  # char | bpe
+    tokenizer: str = "bpe"  # char | bpe | pretrained (the checkpoint's; set by shoshin finetune)
     vocab_size: int = 2048  # bpe only
     val_fraction: float = 0.1
     split_seed: int = 1337
     loss_on: str = "all"  # all | assistant (chat data only)
     max_documents: int = 0  # 0 = all; otherwise keep the first N documents / conversations
+    dedupe: bool = False  # drop exact duplicate documents / conversations before splitting
 
     def validate(self) -> None:
-        _choice("data.tokenizer", self.tokenizer, ("char", "bpe"))
+        _choice("data.tokenizer", self.tokenizer, ("char", "bpe", "pretrained"))
         _choice("data.loss_on", self.loss_on, ("all", "assistant"))
         if not 0.0 < self.val_fraction < 1.0:
             raise ShoshinError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -113,16 +115,32 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: bool = False  # mirror the run to MLflow (pip install 'shoshin[mlflow]')
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    mlflow_experiment: str = "shoshin"
+
+    def validate(self) -> None:
+        if self.mlflow and importlib.util.find_spec("mlflow") is None:
+            raise ShoshinError(
+                "tracking.mlflow=true needs MLflow: pip install 'shoshin[mlflow]' "
+                "(or set tracking.mlflow=false)"
+            )
+
+
+@dataclass
 class Config:
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self.tracking.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +246,12 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if isinstance(annotation, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation in (int, float) and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; numbers written that way are still numbers.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -244,8 +268,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ShoshinError(f"{key} expects a {name}, got {value!r}")
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    raise ShoshinError(f"{key} expects {expected.get(annotation, annotation)}, got {value!r}")
 
 
 def save_config(config: Config, path: Path) -> None:

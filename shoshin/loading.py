@@ -9,7 +9,7 @@ import torch.nn as nn
 from shoshin.data.tokenizers import Tokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model
-from shoshin.runs.store import Run, resolve_run, runs_root
+from shoshin.runs.store import Run, all_runs, resolve_run, runs_root
 from shoshin.training.checkpoint import checkpoint_path, load_model_tensors, read_checkpoint
 
 
@@ -30,5 +30,36 @@ def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer
 def load(
     src: str | Path, checkpoint: str = "latest", runs_dir: str | Path | None = None
 ) -> tuple[nn.Module, Tokenizer]:
-    """`model, tokenizer = shoshin.load(src)` where src is a run id, unique prefix, `latest` or run directory."""
-    return load_run(resolve_run(str(src), runs_root(runs_dir)), checkpoint)
+    """`model, tokenizer = shoshin.load(src)`.
+
+    src is a run (id, unique prefix, `latest` or run directory) or a Hugging Face GPT-1/GPT-2
+    checkpoint: a folder with config.json, or a hub id such as `gpt2` or `openai-gpt`.
+    """
+    source = resolve_source(src, runs_dir)
+    if isinstance(source, Run):
+        return load_run(source, checkpoint)
+    from shoshin.interop.hf import load_checkpoint
+
+    pretrained = load_checkpoint(source)
+    return pretrained.model, pretrained.tokenizer
+
+
+def resolve_source(src: str | Path, runs_dir: str | Path | None = None) -> Run | str:
+    """A run, or the name of a Hugging Face checkpoint (folder or hub id) when src is not a run."""
+    from shoshin.interop.hf import is_checkpoint_dir, looks_like_hub_id
+
+    src = str(src)
+    if is_checkpoint_dir(src):
+        return src
+    root = runs_root(runs_dir)
+    try:
+        return resolve_run(src, root)
+    except ShoshinError:
+        # A name no run id starts with (run ids start with a date) may be a hub id such as gpt2.
+        if src == "latest" or not looks_like_hub_id(src) or _prefixes_a_run(src, root):
+            raise
+    return src
+
+
+def _prefixes_a_run(src: str, root: Path) -> bool:
+    return any(run.id.startswith(src) for run in all_runs(root))

@@ -48,7 +48,20 @@ def cli():
 def shakespeare_like(tmp_path) -> Path:
     """A small text corpus made on the spot (tests never need ../shared)."""
     lines = []
-    words = ["thou", "art", "the", "king", "of", "my", "heart", "and", "fair", "lady", "speak", "now"]
+    words = [
+        "thou",
+        "art",
+        "the",
+        "king",
+        "of",
+        "my",
+        "heart",
+        "and",
+        "fair",
+        "lady",
+        "speak",
+        "now",
+    ]
     for i in range(3000):
         lines.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6 + i % 5)))
     path = tmp_path / "corpus.txt"

@@ -105,7 +105,7 @@ def test_unknown_preset_suggests_close_match():
 
 
 def test_missing_run():
-    assert_user_error(run_cli("sample", "no-such-run"), "no run 'no-such-run'")
+    assert_user_error(run_cli("sample", "no-such-run"), "'no-such-run' is not a run")
 
 
 def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):

@@ -11,7 +11,13 @@ def test_train_tiny_then_runs_show_sample(tmp_path):
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
-    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "char_tokenizer.json", "checkpoints/index.json"):
+    for name in (
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "char_tokenizer.json",
+        "checkpoints/index.json",
+    ):
         assert (run / name).exists(), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed"

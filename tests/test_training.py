@@ -168,7 +168,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     from shoshin.runs.store import create_run
     from shoshin.training.trainer import Trainer
 
-    config = load_config("tiny", ["train.max_steps=30", "train.checkpoint_interval=10", "train.eval_interval=0"])
+    config = load_config(
+        "tiny", ["train.max_steps=30", "train.checkpoint_interval=10", "train.eval_interval=0"]
+    )
     run = create_run(config, tmp_path / "runs")
     trainer = Trainer(config, run, log=lambda _: None)
     healthy = trainer.forward

@@ -22,12 +22,20 @@ import torch
 
 from shoshin.config import DataConfig
 from shoshin.data.chat import render_chat
+from shoshin.data.leakage import dedupe, overlap_report, split_digest
 from shoshin.data.sources import Corpus, load_corpus
-from shoshin.data.tokenizers import CHAT_TOKENS, EOT, Tokenizer, load_tokenizer, train_tokenizer
+from shoshin.data.tokenizers import (
+    CHAT_TOKENS,
+    EOT,
+    BpeTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 from shoshin.errors import ShoshinError
 from shoshin.models.loss import IGNORE_INDEX
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json holds the split digest and the leakage report
 
 
 @dataclass
@@ -52,7 +60,9 @@ def cache_root() -> Path:
     return Path(root) / "data"
 
 
-def data_fingerprint(source_sha256: str, cfg: DataConfig) -> str:
+def data_fingerprint(
+    source_sha256: str, cfg: DataConfig, tokenizer_sha256: str | None = None
+) -> str:
     settings = {
         "version": CACHE_VERSION,
         "source_sha256": source_sha256,
@@ -62,18 +72,28 @@ def data_fingerprint(source_sha256: str, cfg: DataConfig) -> str:
         "split_seed": cfg.split_seed,
         "loss_on": cfg.loss_on,
         "max_documents": cfg.max_documents,
+        "dedupe": cfg.dedupe,
     }
+    if tokenizer_sha256:  # a pretrained tokenizer: its own content decides the token ids
+        settings["tokenizer_sha256"] = tokenizer_sha256
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def prepare_data(cfg: DataConfig, log=print) -> PreparedData:
-    """Load, split, tokenize and cache the corpus named by `cfg.source` (or reuse the cache)."""
+def prepare_data(cfg: DataConfig, log=print, tokenizer: BpeTokenizer | None = None) -> PreparedData:
+    """Load, split, tokenize and cache the corpus named by `cfg.source` (or reuse the cache).
+
+    With `tokenizer` (a pretrained one), the corpus is tokenized with it instead of a newly trained
+    one, after adding the special tokens the corpus needs (`<|endoftext|>`, and the chat roles for
+    chat data); the returned PreparedData.tokenizer is that extended tokenizer.
+    """
     corpus = load_corpus(cfg.source, cfg.max_documents)
-    fingerprint = data_fingerprint(corpus.sha256, cfg)
+    if tokenizer is not None:
+        tokenizer = tokenizer.with_special_tokens(_specials(corpus.kind))
+    fingerprint = data_fingerprint(corpus.sha256, cfg, tokenizer.sha256() if tokenizer else None)
     folder = cache_root() / fingerprint[:16]
     if not (folder / "meta.json").exists():
         log(f"tokenizing {corpus.description} ({len(corpus.documents)} documents) ...")
-        _build_cache(corpus, cfg, folder, fingerprint)
+        _build_cache(corpus, cfg, folder, fingerprint, tokenizer)
     meta = json.loads((folder / "meta.json").read_text())
     dtype = np.dtype(meta["dtype"])
 
@@ -131,13 +151,28 @@ def _encode(kind: str, documents: list, tokenizer: Tokenizer, loss_on: str) -> S
     return Split(np.asarray(ids, dtype=dtype), np.asarray(mask, dtype=np.uint8))
 
 
-def _build_cache(corpus: Corpus, cfg: DataConfig, folder: Path, fingerprint: str) -> None:
+def _specials(kind: str) -> list[str]:
+    return [EOT] + (list(CHAT_TOKENS) if kind == "chat" else [])
+
+
+def _build_cache(
+    corpus: Corpus,
+    cfg: DataConfig,
+    folder: Path,
+    fingerprint: str,
+    tokenizer: Tokenizer | None = None,
+) -> None:
+    removed = 0
+    if cfg.dedupe:
+        corpus.documents, removed = dedupe(corpus.kind, corpus.documents)
     train_docs, val_docs = split_documents(corpus, cfg.val_fraction, cfg.split_seed)
-    specials = [EOT] + (list(CHAT_TOKENS) if corpus.kind == "chat" else [])
-    # The char vocabulary covers the whole corpus so validation text is representable;
-    # BPE merges are learned from the training split only.
-    vocab_texts = _texts(corpus.kind, corpus.documents if cfg.tokenizer == "char" else train_docs)
-    tokenizer = train_tokenizer(cfg.tokenizer, vocab_texts, cfg.vocab_size, specials)
+    if tokenizer is None:
+        # The char vocabulary covers the whole corpus so validation text is representable;
+        # BPE merges are learned from the training split only.
+        docs = corpus.documents if cfg.tokenizer == "char" else train_docs
+        vocab_texts = _texts(corpus.kind, docs)
+        specials = _specials(corpus.kind)
+        tokenizer = train_tokenizer(cfg.tokenizer, vocab_texts, cfg.vocab_size, specials)
     train = _encode(corpus.kind, train_docs, tokenizer, cfg.loss_on)
     val = _encode(corpus.kind, val_docs, tokenizer, cfg.loss_on)
 
@@ -145,6 +180,7 @@ def _build_cache(corpus: Corpus, cfg: DataConfig, folder: Path, fingerprint: str
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         tokenizer.save(tmp)
+        tokenizer_sha256 = _folder_sha256(tmp)  # only the tokenizer's files are there yet
         for name, split in (("train", train), ("val", val)):
             split.tokens.tofile(tmp / f"{name}.bin")
             split.mask.tofile(tmp / f"{name}_mask.bin")
@@ -155,7 +191,18 @@ def _build_cache(corpus: Corpus, cfg: DataConfig, folder: Path, fingerprint: str
             "kind": corpus.kind,
             "dtype": train.tokens.dtype.name,
             "vocab_size": tokenizer.vocab_size,
+            "tokenizer_sha256": tokenizer_sha256,
             "documents": {"train": len(train_docs), "val": len(val_docs)},
+            "split": {
+                "method": "contiguous" if len(corpus.documents) == 1 else "by-document",
+                "val_fraction": cfg.val_fraction,
+                "seed": cfg.split_seed,
+                "max_documents": cfg.max_documents,
+                "dedupe": cfg.dedupe,
+                "duplicates_removed": removed,
+                "sha256": split_digest(corpus.kind, train_docs, val_docs),
+            },
+            "overlap": overlap_report(corpus.kind, train_docs, val_docs),
             "tokens": {"train": int(train.tokens.size), "val": int(val.tokens.size)},
             "characters": {
                 "train": sum(len(t) for t in _texts(corpus.kind, train_docs)),
@@ -174,6 +221,13 @@ def _build_cache(corpus: Corpus, cfg: DataConfig, folder: Path, fingerprint: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _folder_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def check_fits(data: PreparedData, block_size: int, source: str) -> None:

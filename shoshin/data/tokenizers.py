@@ -6,6 +6,7 @@ markers), and save to / load from a folder as JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -101,6 +102,20 @@ class BpeTokenizer:
     def save(self, folder: Path) -> None:
         atomic_write_text(Path(folder) / BPE_FILE, self.tok.to_str())
 
+    def with_special_tokens(self, tokens: Sequence[str]) -> BpeTokenizer:
+        """A copy with `tokens` added as special tokens (those already present keep their ids)."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok = HFTokenizer.from_str(self.tok.to_str())
+        missing = [t for t in tokens if t not in self.special_tokens]
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        return BpeTokenizer(tok)
+
+    def sha256(self) -> str:
+        """Fingerprint of the whole tokenizer (vocabulary, merges, special tokens, normalisation)."""
+        return hashlib.sha256(self.tok.to_str().encode("utf-8")).hexdigest()
+
 
 def train_tokenizer(
     kind: str, texts: list[str], vocab_size: int, specials: Sequence[str]
@@ -126,4 +141,43 @@ def load_tokenizer(folder: Path) -> Tokenizer:
             raise ShoshinError(
                 f"{folder / BPE_FILE} is not a valid tokenizer file ({exc})"
             ) from None
+    if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        return _from_vocab_and_merges(folder)
     raise ShoshinError(f"no tokenizer in {folder} (expected {CHAR_FILE} or {BPE_FILE})")
+
+
+def _from_vocab_and_merges(folder: Path) -> BpeTokenizer:
+    """A Hugging Face GPT-2 or GPT-1 tokenizer saved as vocab.json + merges.txt (no tokenizer.json).
+
+    GPT-1's BPE marks word ends with `</w>` and lowercases like BERT; GPT-2's is byte-level.
+    The pipelines match those `transformers` builds for `GPT2Tokenizer` and `OpenAIGPTTokenizer`.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    try:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        if any(len(m) != 2 for m in merges):
+            raise ValueError("each merges.txt line must hold two symbols")
+        if "</w>" in "".join(vocab):
+            tok = HFTokenizer(
+                models.BPE(vocab, merges, unk_token="<unk>", end_of_word_suffix="</w>")
+            )
+            tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            tok.decoder = decoders.BPEDecoder(suffix="</w>")
+            specials = ["<unk>"]
+        else:
+            tok = HFTokenizer(models.BPE(vocab, merges))
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            specials = [EOT]
+    except Exception as exc:
+        raise ShoshinError(
+            f"{folder}/vocab.json + merges.txt are not a valid BPE tokenizer ({exc})"
+        ) from None
+    # Only tokens the vocabulary already has become special: that keeps every id where it was.
+    tok.add_special_tokens([s for s in specials if s in vocab])
+    return BpeTokenizer(tok)

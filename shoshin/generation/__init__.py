@@ -1,5 +1,6 @@
-"""Generation: sampling token ids from a model."""
+"""Generation: token ids in, token ids out (engine, sampling), and text at the edges (streaming, chat)."""
 
-from shoshin.generation.sampling import generate, sample_next
+from shoshin.generation.engine import Engine, SamplingParams, generate
+from shoshin.generation.sampling import naive_generate, sample_next
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["Engine", "SamplingParams", "generate", "naive_generate", "sample_next"]

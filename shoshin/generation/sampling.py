@@ -1,10 +1,12 @@
 """Sampling from a language model on token ids.
 
-`generate` here is the naive reference: every step re-runs the model on the whole (windowed) prefix.
+`sample_next` picks one token from logits; `naive_generate` is the reference generator: every step
+re-runs the model on the whole prefix. The fast path (shoshin.generation.engine) is tested against it.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 import torch
@@ -36,8 +38,29 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator seeded with `seed` (a fresh random seed when None); the global RNG is untouched."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    return generator
+
+
+def ends_with_stop(new: Sequence[int], stop_ids, stop_sequences) -> bool:
+    """True when the newest token is a stop token or the new tokens end with a stop sequence."""
+    if new and new[-1] in stop_ids:
+        return True
+    return any(
+        len(s) and len(new) >= len(s) and list(new[-len(s) :]) == list(s) for s in stop_sequences
+    )
+
+
+def context_window(model: nn.Module) -> int | None:
+    """How many tokens the model can see at once: block_size for a GPT (learned positions), None for an LSTM."""
+    return model.config.block_size if model.config.arch == "gpt" else None
+
+
 @torch.no_grad()
-def generate(
+def naive_generate(
     model: nn.Module,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
@@ -45,31 +68,34 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    use_cache: bool = True,
     stop_ids: Sequence[int] = (),
+    stop_sequences: Sequence[Sequence[int]] = (),
 ) -> list[int]:
-    """New token ids continuing `prompt_ids`; stops early after a token in `stop_ids` (kept in the output).
+    """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
 
-    The prefix fed to the model is the last block_size tokens (GPT positions cannot slide further).
+    A GPT sees the last block_size tokens (its positions cannot slide further); an LSTM sees the
+    whole history. Stops after a token in `stop_ids` or a run of tokens in `stop_sequences`
+    (kept in the output).
     """
-    del use_cache  # this reference path always recomputes the whole prefix
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generator = make_generator(seed, device)
     was_training = model.training
     model.eval()
-    block_size = model.config.block_size
+    window = context_window(model)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     new: list[int] = []
     stops = set(stop_ids)
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -block_size:])[:, -1, :]
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        ids = torch.cat([ids, token.view(1, 1)], dim=1)
-        new.append(int(token))
-        if new[-1] in stops:
-            break
-    model.train(was_training)
+    try:
+        for _ in range(max_new_tokens):
+            context = ids if window is None else ids[:, -window:]
+            logits = model(context)[:, -1, :]
+            token = sample_next(logits, temperature, top_k, top_p, generator)
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+            new.append(int(token))
+            if ends_with_stop(new, stops, stop_sequences):
+                break
+    finally:
+        model.train(was_training)
     return new

@@ -37,9 +37,13 @@ class KVCache:
 
     def row(self, b: int) -> KVCache:
         """A view of row b alone (writes go through to this cache), e.g. to prefill one prompt."""
+        return self.rows(b, b + 1)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows start..stop-1 (writes go through), e.g. to decode only the busy rows of a server."""
         view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, b : b + 1], self.v[:, b : b + 1]
-        view.lengths, view.max_len = self.lengths[b : b + 1], self.max_len
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.lengths, view.max_len = self.lengths[start:stop], self.max_len
         return view
 
     def reset(self, b: int | None = None) -> None:
@@ -118,7 +122,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 uses the tanh approximation of GELU, GPT-1 the exact one.
+        # Released GPT-1 and GPT-2 checkpoints use the tanh approximation of GELU.
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

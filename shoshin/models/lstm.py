@@ -23,9 +23,13 @@ class LSTMState:
 
     def row(self, b: int) -> LSTMState:
         """A view of row b alone (updates go through to this state)."""
+        return self.rows(b, b + 1)
+
+    def rows(self, start: int, stop: int) -> LSTMState:
+        """A view of rows start..stop-1 (updates go through to this state)."""
         view = LSTMState.__new__(LSTMState)
-        view.h, view.c = self.h[:, b : b + 1], self.c[:, b : b + 1]
-        view.lengths, view.max_len = self.lengths[b : b + 1], None
+        view.h, view.c = self.h[:, start:stop], self.c[:, start:stop]
+        view.lengths, view.max_len = self.lengths[start:stop], None
         return view
 
     def reset(self, b: int | None = None) -> None:

@@ -16,14 +16,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from shoshin.config import Config, save_config
 from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation.sampling import generate
+from shoshin.generation import generate
+from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
+from shoshin.runs.mlflow_sink import open_mirror
+from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.store import Run, create_run, now_iso
 from shoshin.training.checkpoint import (
     checkpoint_path,
@@ -32,6 +37,8 @@ from shoshin.training.checkpoint import (
     read_index,
     save_checkpoint,
 )
+from shoshin.training.distributed import init_distributed
+from shoshin.training.estimate import estimate, peak_resident_bytes
 from shoshin.training.optim import lr_at, make_optimizer
 
 
@@ -41,6 +48,10 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
     return torch.device(name)
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log function of ranks other than 0: one copy of every message is enough."""
 
 
 def _capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -59,27 +70,65 @@ def _restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator) -> No
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
-class Trainer:
-    """Trains one run. Use `train(config)` for a new run or `resume(run)` to continue one."""
+def _pretrained_tokenizer(config: Config, run: Run, init: Pretrained | None) -> BpeTokenizer | None:
+    """The checkpoint's tokenizer for fine-tuning runs (from the run directory when resuming)."""
+    if init is not None:
+        return init.tokenizer
+    if config.data.tokenizer != "pretrained":
+        return None
+    tokenizer = load_tokenizer(run.path) if (run.path / BPE_FILE).exists() else None
+    if not isinstance(tokenizer, BpeTokenizer):
+        raise ShoshinError(
+            "data.tokenizer=pretrained takes the tokenizer of a checkpoint; "
+            "fine-tune one with: shoshin finetune --from SRC"
+        )
+    return tokenizer
 
-    def __init__(self, config: Config, run: Run, log=print):
+
+class Trainer:
+    """Trains one run. Use `train(config)` for a new run or `resume(run)` to continue one.
+
+    Under torchrun every rank builds a Trainer; only rank 0 (`self.dist.is_main`) writes anything.
+    """
+
+    def __init__(self, config: Config, run: Run, log=print, init: Pretrained | None = None):
+        """`init`: a pretrained checkpoint to start from (shoshin finetune) instead of random weights."""
         self.config = config
         self.run = run
-        self.log = log
         tc = config.train
-        self.device = pick_device(tc.device)
-        self.data: PreparedData = prepare_data(config.data, log=log)
+        self.dist = init_distributed(pick_device(tc.device))
+        self.log = log if self.dist.is_main else _quiet
+        self.device = self.dist.device
+        with self.dist.main_first():  # rank 0 tokenizes and caches; the others then read the cache
+            self.data: PreparedData = prepare_data(
+                config.data, log=self.log, tokenizer=_pretrained_tokenizer(config, run, init)
+            )
         check_fits(self.data, config.model.block_size, config.data.source)
         config.model.vocab_size = self.data.tokenizer.vocab_size
         torch.manual_seed(tc.seed)
-        self.model = build_model(config.model).to(self.device)
+        self.model = build_model(config.model)
+        if init is not None:
+            init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
+            if self.dist.is_main:
+                run.update_manifest(base_model=init.describe())
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, tc, self.device.type)
         self.batch_gen = torch.Generator().manual_seed(tc.seed)
         self.step = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # seconds of training across resumes
         self.tokens_seen = 0
-        self.forward = torch.compile(self.model) if tc.compile else self.model
+        self.last_eval_step = -1
+        # DDP averages gradients across ranks during backward; one process trains the bare model.
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.dist.enabled
+            else None
+        )
+        trained = self.ddp or self.model
+        self.forward = torch.compile(trained) if tc.compile else trained
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if tc.dtype == "bfloat16"
@@ -103,6 +152,8 @@ class Trainer:
         self.tokens_seen = state.get("tokens_seen", 0)
 
     def save(self, rng: dict[str, torch.Tensor], best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
         state = {
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
             "elapsed": self.elapsed,
@@ -122,17 +173,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean validation loss over eval_iters fixed batches (the same batches every time)."""
+        """Mean validation loss over eval_iters fixed batches (the same batches every time).
+
+        Under DDP each rank scores its slice of every batch and the means are averaged over ranks.
+        """
         tc, T = self.config.train, self.config.model.block_size
         gen = torch.Generator().manual_seed(tc.seed + 1)
         self.model.eval()
         losses = []
         for _ in range(tc.eval_iters):
-            x, y = get_batch(self.data.val, tc.batch_size, T, gen)
+            x, y = get_batch(self.data.val, tc.batch_size * self.dist.world_size, T, gen)
+            x, y = self.dist.shard(x), self.dist.shard(y)
             with self.autocast:
                 losses.append(self.forward(x.to(self.device), y.to(self.device)).item())
         self.model.train()
-        loss = sum(losses) / len(losses)
+        loss = self.dist.mean(sum(losses) / len(losses))
+        self.last_eval_step = self.step
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
         meta = self.data.meta
         if self.config.data.loss_on == "all":
@@ -147,39 +203,29 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def fit(self) -> Run:
+    def fit(self, stop_after: int | None = None) -> Run:
+        """Train up to train.max_steps, or only up to step `stop_after` with the same LR schedule."""
         tc, T = self.config.train, self.config.model.block_size
-        model, opt = self.model, self.optimizer
-        self.run.update_manifest(
-            status="running",
-            params=count_parameters(model),
-            arch=self.config.model.arch,
-            device=str(self.device),
-            threads=torch.get_num_threads(),
-            data={
-                "source": self.config.data.source,
-                "fingerprint": self.data.fingerprint,
-                "source_sha256": self.data.meta["source_sha256"],
-                "kind": self.data.kind,
-                "tokens": self.data.meta["tokens"],
-                "documents": self.data.meta["documents"],
-                "vocab_size": self.data.tokenizer.vocab_size,
-            },
-        )
-        self.data.tokenizer.save(self.run.path)
-        self.run.truncate_metrics(self.step)
-        tokens_per_step = tc.batch_size * tc.grad_accum * T
-        deadline = time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
-        interactive = sys.stderr.isatty()
+        stop = tc.max_steps if stop_after is None else min(tc.max_steps, stop_after)
+        model, opt, world = self.model, self.optimizer, self.dist.world_size
+        tokens_per_step = tc.batch_size * world * tc.grad_accum * T
+        interactive = sys.stderr.isatty() and self.dist.is_main
         bar = tqdm(
             total=tc.max_steps, initial=self.step, disable=not interactive, dynamic_ncols=True
         )
         rng_at_step_start = _capture_rng(self.batch_gen)
-        last_log_time, last_log_step = time.monotonic(), self.step
         model.train()
         try:
-            while self.step < tc.max_steps:
-                if deadline is not None and time.monotonic() >= deadline:
+            if self.dist.is_main:
+                self._record_start()  # includes the estimate's calibration: before the clocks start
+            self.last_eval_step = self.dist.from_main(self._last_eval_step)
+            deadline = (
+                time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
+            )
+            last_log_time, last_log_step = time.monotonic(), self.step
+            while self.step < stop:
+                # Ranks agree on the time budget (their clocks differ) so that all stop together.
+                if deadline is not None and self.dist.any(time.monotonic() >= deadline):
                     self.log(f"time budget of {tc.max_minutes:g} min reached at step {self.step}")
                     break
                 step_start = time.monotonic()
@@ -188,12 +234,19 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss_sum = 0.0
-                for _ in range(tc.grad_accum):
-                    x, y = get_batch(self.data.train, tc.batch_size, T, self.batch_gen)
-                    with self.autocast:
-                        loss = self.forward(x.to(self.device), y.to(self.device)) / tc.grad_accum
-                    loss.backward()
+                for micro in range(tc.grad_accum):
+                    # Every rank draws the same global batch and keeps its own rows of it.
+                    x, y = get_batch(self.data.train, tc.batch_size * world, T, self.batch_gen)
+                    x, y = self.dist.shard(x), self.dist.shard(y)
+                    # Gradients are all-reduced on the last micro-step only; earlier ones accumulate.
+                    skip_sync = self.ddp is not None and micro < tc.grad_accum - 1
+                    with self.ddp.no_sync() if skip_sync else contextlib.nullcontext():
+                        with self.autocast:
+                            loss = self.forward(x.to(self.device), y.to(self.device))
+                            loss = loss / tc.grad_accum
+                        loss.backward()
                     loss_sum += loss.item()
+                loss_sum = self.dist.mean(loss_sum)  # the same value on every rank
                 if not math.isfinite(loss_sum):
                     raise ShoshinError(
                         f"training loss became {loss_sum} at step {self.step + 1}; stopped "
@@ -228,7 +281,7 @@ class Trainer:
                     last_log_time += time.monotonic() - eval_start  # keep eval time out of tokens/s
                     improved = row["val_loss"] < self.best_val
                     self.best_val = min(self.best_val, row["val_loss"])
-                if row:
+                if row and self.dist.is_main:
                     self.run.append_metrics(
                         {"step": self.step, **row, "elapsed": round(self.elapsed, 3)}
                     )
@@ -254,16 +307,48 @@ class Trainer:
         self._finish("completed")
         return self.run
 
+    def _record_start(self) -> None:
+        """Rank 0, as the loop starts: what is being trained, where, on what data, at what cost."""
+        if "estimate" not in self.run.manifest:  # a resumed run keeps the estimate of its start
+            est = estimate(self.config, self.data, self.device, model_resident=True, log=self.log)
+            self.run.update_manifest(estimate=est.to_dict())
+        self.run.update_manifest(
+            status="running",
+            params=count_parameters(self.model),
+            arch=self.config.model.arch,
+            device=str(self.device),
+            threads=torch.get_num_threads(),
+            world_size=self.dist.world_size,
+            data=data_record(self.data, self.config.data),
+        )
+        leakage = (self.data.meta.get("overlap") or {}).get("warning")
+        if leakage:
+            self.log(f"warning: {leakage}")
+        self.data.tokenizer.save(self.run.path)
+        self.run.mirror = open_mirror(self.config, self.run, self.log)
+        self.run.truncate_metrics(self.step)
+
+    def _last_eval_step(self) -> int:
+        """The step of the last evaluation already in the metrics (after a resume), else -1."""
+        rows = self.run.metrics()
+        return max(
+            (r["step"] for r in rows if "val_loss" in r and r["step"] <= self.step), default=-1
+        )
+
     def _close_out(self, bar: tqdm, interactive: bool) -> None:
         """After a stop by time budget: make sure the end state is evaluated and checkpointed."""
-        rows = self.run.metrics()
         improved = False
-        if not rows or rows[-1]["step"] != self.step or "val_loss" not in rows[-1]:
+        if self.last_eval_step != self.step:
             row = self.evaluate()
             improved = row["val_loss"] < self.best_val
             self.best_val = min(self.best_val, row["val_loss"])
-            self.run.append_metrics({"step": self.step, **row, "elapsed": round(self.elapsed, 3)})
-            self._report(row, bar, interactive)
+            if self.dist.is_main:
+                self.run.append_metrics(
+                    {"step": self.step, **row, "elapsed": round(self.elapsed, 3)}
+                )
+                self._report(row, bar, interactive)
+        if not self.dist.is_main:
+            return
         index = read_index(self.run.path / "checkpoints")
         if improved or index.get("latest") != f"step-{self.step:07d}":
             self.save(_capture_rng(self.batch_gen), best=improved)
@@ -289,6 +374,8 @@ class Trainer:
             self.log(line)
 
     def _finish(self, status: str, error: str | None = None, tb: str | None = None) -> None:
+        if not self.dist.is_main:
+            return
         metrics = self.run.metrics()
         vals = [r["val_loss"] for r in metrics if "val_loss" in r]
         fields = {
@@ -297,13 +384,17 @@ class Trainer:
             "steps": self.step,
             "elapsed_seconds": round(self.elapsed, 2),
             "tokens_seen": self.tokens_seen,
+            "peak_rss_bytes": peak_resident_bytes(),
             "best_val_loss": min(vals) if vals else None,
             "final_val_loss": vals[-1] if vals else None,
             "error": error,
         }
         if tb:
             (self.run.path / "traceback.txt").write_text(tb)
+            fields["traceback"] = "traceback.txt"
         self.run.update_manifest(**fields)
+        if self.run.mirror is not None:
+            self.run.mirror.finish(status)
 
     def sample_text(self, max_new_tokens: int, prompt: str = "", seed: int = 0) -> str:
         """A short sample from the current model, as a chat reply when the run is a chat model."""
@@ -326,19 +417,40 @@ class Trainer:
         return (prompt if not is_chat_tokenizer(tok) else "") + tok.decode(new)
 
 
-def train(config: Config, runs_dir: Path, command: list[str] | None = None, log=print) -> Run:
-    """Train a new run from `config`; returns its Run."""
-    run = create_run(config, runs_dir, command)
-    log(f"run {run.id} -> {run.path}")
+def train(
+    config: Config,
+    runs_dir: Path,
+    command: list[str] | None = None,
+    log=print,
+    init: Pretrained | None = None,
+    stop_after: int | None = None,
+    manifest: dict | None = None,
+) -> Run:
+    """Train a new run from `config` (from `init`'s weights when fine-tuning); returns its Run.
+
+    `stop_after` ends training at that step with the schedule of the full run (see `reproduce`);
+    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run.
+    """
+    ctx = init_distributed(pick_device(config.train.device))
+    run = ctx.from_main(lambda: create_run(config, runs_dir, command, manifest))
+    if ctx.is_main:
+        procs = f" ({ctx.world_size} processes)" if ctx.enabled else ""
+        log(f"run {run.id} -> {run.path}{procs}")
     try:
-        trainer = Trainer(config, run, log=log)
+        trainer = Trainer(config, run, log=log, init=init)
     except BaseException as exc:
-        run.update_manifest(
-            status="failed", end_time=now_iso(), error=f"{type(exc).__name__}: {exc}"
-        )
+        if ctx.is_main:
+            (run.path / "traceback.txt").write_text(traceback.format_exc())
+            run.update_manifest(
+                status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                end_time=now_iso(),
+                error=f"{type(exc).__name__}: {exc}",
+                traceback="traceback.txt",
+            )
         raise
-    save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
-    trainer.fit()
+    if ctx.is_main:
+        save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
+    trainer.fit(stop_after)
     _final_sample(trainer, log)
     return run
 
@@ -348,10 +460,19 @@ def resume(run: Run, log=print) -> Run:
     config = run.config
     trainer = Trainer(config, run, log=log)
     trainer.load("latest")
-    log(f"resuming run {run.id} at step {trainer.step}")
-    run.update_manifest(
-        resumed=[*run.manifest.get("resumed", []), {"step": trainer.step, "time": now_iso()}]
-    )
+    if trainer.dist.is_main:
+        log(f"resuming run {run.id} at step {trainer.step}")
+        run.update_manifest(
+            resumed=[
+                *run.manifest.get("resumed", []),
+                # The code may have changed since the run started: record what resumes it.
+                {
+                    "step": trainer.step,
+                    "time": now_iso(),
+                    "code_fingerprint": code_fingerprint()["shoshin_source"],
+                },
+            ]
+        )
     trainer.fit()
     _final_sample(trainer, log)
     return run
@@ -359,8 +480,11 @@ def resume(run: Run, log=print) -> Run:
 
 def _final_sample(trainer: Trainer, log) -> None:
     tc = trainer.config.train
-    if tc.sample_tokens > 0:
+    if tc.sample_tokens > 0 and trainer.dist.is_main:
         text = trainer.sample_text(tc.sample_tokens, tc.sample_prompt, seed=tc.seed)
         (trainer.run.path / "samples").mkdir(exist_ok=True)
-        (trainer.run.path / "samples" / f"step-{trainer.step:07d}.txt").write_text(text)
+        path = trainer.run.path / "samples" / f"step-{trainer.step:07d}.txt"
+        path.write_text(text)
+        if trainer.run.mirror is not None:
+            trainer.run.mirror.log_artifact(path, "samples")
         log("sample:\n" + text)

@@ -1,0 +1,223 @@
+"""Serving throughput: aggregate generated tokens/s with 1, 4 and 16 concurrent streaming clients.
+
+One real server (uvicorn, continuous batching) runs in a child process; the clients are threads of
+this process, each streaming a /v1/completions request over loopback. Every client asks for the
+same number of tokens from a prompt of its own, and the tokenizer has no end token, so every reply
+runs to max_tokens. Models have random weights (speed does not depend on them): the `tiny` preset,
+and a GPT-2-124M-shaped GPT (12 layers, 12 heads, 768 wide, 1024 positions, 50257 tokens).
+
+Figures: aggregate tokens/s (all tokens received / wall time from the first request to the last
+token), its ratio to the single-client figure, and time to first token (TTFT) per client.
+
+    python benchmarks/serving.py                       # both models, a few minutes on a 2-core CPU
+    python benchmarks/serving.py --models tiny --tokens 32   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import torch
+
+from shoshin.config import ModelConfig, load_config
+from shoshin.data.tokenizers import CharTokenizer
+from shoshin.models import build_model
+
+
+def model_config(name: str) -> ModelConfig:
+    if name == "tiny":
+        config = load_config("tiny").model
+        config.vocab_size = 96
+        return config
+    return ModelConfig(
+        arch="gpt",
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        vocab_size=50257,
+        dropout=0.0,
+    )
+
+
+def tokenizer_for(vocab_size: int) -> CharTokenizer:
+    """One character per id and no special tokens: nothing ends a reply before max_tokens."""
+    chars, code = [], 0x100
+    while len(chars) < vocab_size:
+        if not 0xD800 <= code <= 0xDFFF:  # surrogates are not characters JSON can carry
+            chars.append(chr(code))
+        code += 1
+    return CharTokenizer(chars, [])
+
+
+def serve(name: str, port: int, max_batch: int, threads: int) -> None:
+    """The child process: build the model and serve it until terminated."""
+    from shoshin.serving import ServeConfig, create_app
+    from shoshin.serving.server import serve as run_server
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = model_config(name)
+    model = build_model(config).eval()
+    app = create_app(
+        model, tokenizer_for(config.vocab_size), name, ServeConfig(max_batch=max_batch)
+    )
+    run_server(app, "127.0.0.1", port)
+
+
+def stream_one(url: str, prompt: str, max_tokens: int, out: dict) -> None:
+    """One streaming client: record when it started, its first token and its token count."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    out["start"] = time.perf_counter()
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and chunk["choices"][0]["text"] and "first" not in out:
+                out["first"] = time.perf_counter()
+            if chunk.get("usage"):
+                out["tokens"] = chunk["usage"]["completion_tokens"]
+    out["end"] = time.perf_counter()
+
+
+def measure(url: str, clients: int, prompt_len: int, max_tokens: int, vocab: int) -> dict:
+    gen = torch.Generator().manual_seed(clients)
+    tok = tokenizer_for(vocab)
+    prompts = [
+        tok.decode(torch.randint(0, vocab, (prompt_len,), generator=gen).tolist())
+        for _ in range(clients)
+    ]
+    results = [{} for _ in range(clients)]
+    threads = [
+        threading.Thread(target=stream_one, args=(url, p, max_tokens, r))
+        for p, r in zip(prompts, results, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    ttft = [r["first"] - r["start"] for r in results]
+    return {
+        "clients": clients,
+        "tokens": tokens,
+        "wall_s": wall,
+        "tok_s": tokens / wall,
+        "ttft_mean_s": statistics.mean(ttft),
+        "ttft_max_s": max(ttft),
+    }
+
+
+@torch.no_grad()
+def decode_ceiling(name: str, threads: int, prompt_len: int, steps: int = 6) -> dict[int, float]:
+    """The model alone, no server: tokens/s of one cached decode step at batch 1 and 16.
+
+    This is what continuous batching can at best turn into aggregate throughput.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = model_config(name)
+    model = build_model(config).eval()
+    out = {}
+    for batch in (1, 16):
+        cache = model.new_cache(batch)
+        model(torch.randint(0, config.vocab_size, (batch, prompt_len)), cache=cache)
+        tokens = torch.randint(0, config.vocab_size, (batch, 1))
+        model(tokens, cache=cache)  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(tokens, cache=cache)
+        out[batch] = batch * steps / (time.perf_counter() - start)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_model(name: str, args) -> list[dict]:
+    port = free_port()
+    child = mp.get_context("spawn").Process(
+        target=serve, args=(name, port, args.max_batch, args.threads), daemon=True
+    )
+    child.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                httpx.get(f"{url}/health").raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or not child.is_alive():
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.2)
+        vocab = model_config(name).vocab_size
+        measure(url, 2, args.prompt_len, 4, vocab)  # warm-up: first-call allocations, kernels
+        # Rounds interleave the client counts, so that a burst of load from other processes on a
+        # shared machine hits all of them alike; each count keeps its best (least disturbed) round.
+        rounds = [
+            [measure(url, n, args.prompt_len, args.tokens, vocab) for n in args.clients]
+            for _ in range(args.rounds)
+        ]
+        rows = [max(runs, key=lambda r: r["tok_s"]) for runs in zip(*rounds, strict=True)]
+    finally:
+        child.terminate()
+        child.join()
+    base = rows[0]["tok_s"]
+    print(
+        f"\n{name}: {args.tokens} tokens per client, {args.prompt_len}-token prompts, "
+        f"max batch {args.max_batch}, {args.threads} torch threads, best of {args.rounds} rounds"
+    )
+    print(
+        f"{'clients':>8} {'tokens':>7} {'wall s':>8} {'agg tok/s':>10} {'vs 1':>6} {'TTFT mean':>10} {'TTFT max':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['clients']:>8} {r['tokens']:>7} {r['wall_s']:>8.2f} {r['tok_s']:>10.1f} "
+            f"{r['tok_s'] / base:>5.2f}x {r['ttft_mean_s']:>9.3f}s {r['ttft_max_s']:>8.3f}s"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "gpt2-124m"], choices=["tiny", "gpt2-124m"]
+    )
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--tokens", type=int, default=48, help="tokens each client asks for")
+    parser.add_argument("--prompt-len", type=int, default=12)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="repeat all client counts; keep the best"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads available, server uses {args.threads}"
+    )
+    for name in args.models:
+        bench_model(name, args)
+        ceiling = decode_ceiling(name, args.threads, args.prompt_len)
+        print(
+            f"model alone (no server), one decode step: batch 1 {ceiling[1]:.1f} tok/s, "
+            f"batch 16 {ceiling[16]:.1f} tok/s, {ceiling[16] / ceiling[1]:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

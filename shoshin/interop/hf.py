@@ -1,0 +1,367 @@
+"""Hugging Face GPT-1 (`openai-gpt`) and GPT-2 checkpoints, loaded into shoshin's own GPT.
+
+A checkpoint is a folder with `config.json`, the weights (`model.safetensors`, a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin`) and the tokenizer files, or a hub id such
+as `gpt2` that `huggingface_hub` downloads into such a folder.
+
+Two differences in layout, both mechanical:
+- names: HF prefixes `transformer.`, and GPT-1 calls the embeddings `tokens_embed` / `positions_embed`;
+- HF's `Conv1D` stores a weight as (in, out); our `nn.Linear` as (out, in): transposed both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shoshin.config import ModelConfig
+from shoshin.data.tokenizers import BpeTokenizer, load_tokenizer
+from shoshin.errors import ShoshinError
+from shoshin.models import GPT
+
+FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}
+# Activation names in config.json -> ours. Beware: GPT-1's "gelu" is the tanh approximation
+# (transformers' OpenAIGPT maps afn="gelu" to gelu_new), while GPT-2's "gelu" is the exact one.
+GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+GPT1_ACTIVATIONS = {"gelu": "gelu_tanh"}
+# Linear layers whose HF weights are Conv1D, i.e. stored transposed.
+CONV1D_WEIGHTS = tuple(
+    f"{c}.weight" for c in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+)
+HUB_ID = re.compile(r"^[A-Za-z][\w.-]*(/[\w.-]+)?$")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+@dataclass
+class Pretrained:
+    """A pretrained checkpoint loaded into shoshin: the model, its tokenizer and where they came from."""
+
+    model: GPT
+    tokenizer: BpeTokenizer
+    source: str  # as the user gave it: a hub id or a folder
+    path: Path  # the local folder read
+    model_type: str  # "gpt2" or "openai-gpt"
+    weights_file: str
+    weights_sha256: str
+
+    def describe(self) -> dict:
+        """What the run manifest records about its base model."""
+        return {
+            "source": self.source,
+            "path": str(self.path),
+            "model_type": self.model_type,
+            "weights": self.weights_file,
+            "weights_sha256": self.weights_sha256,
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def copy_into(self, model: GPT) -> None:
+        """Copy these weights into `model`, built with a grown vocabulary and maybe a shorter context.
+
+        Rows of new tokens (the chat roles) start at the mean embedding: a neutral point, close to
+        every existing token, so their first updates do not disturb the pretrained model.
+        Positions beyond model.config.block_size are dropped (a shorter fine-tuning context).
+        """
+        base = self.model.state_dict()
+        with torch.no_grad():
+            for name, param in model.state_dict().items():
+                weights = base[name]
+                if name in ("wte.weight", "lm_head.weight"):
+                    if param.size(0) < weights.size(0):
+                        raise ShoshinError(
+                            f"the tokenizer has {param.size(0)} tokens, fewer than the "
+                            f"{weights.size(0)} embeddings of {self.source}; not supported"
+                        )
+                    param[: weights.size(0)].copy_(weights)
+                    param[weights.size(0) :].copy_(weights.mean(dim=0))
+                elif name == "wpe.weight":
+                    param.copy_(weights[: param.size(0)])
+                else:
+                    param.copy_(weights)
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """True for a folder that is not a shoshin run: it is read as a Hugging Face checkpoint."""
+    path = Path(path).expanduser()
+    return path.is_dir() and not (path / "manifest.json").exists()
+
+
+def looks_like_hub_id(src: str) -> bool:
+    """`gpt2`, `openai-gpt`, `org/name`: a name the hub could know (run ids start with a date)."""
+    if "/" in src and Path(src).parent.is_dir():
+        return False  # runs/missing-run is a mistyped path, not an organisation's model
+    return bool(HUB_ID.match(src)) and not Path(src).exists()
+
+
+def download(repo_id: str) -> Path:
+    """Fetch a hub checkpoint's config, weights and tokenizer files (or find them in the HF cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ShoshinError(
+            f"loading {repo_id!r} from the Hugging Face hub needs huggingface_hub: "
+            "pip install 'shoshin[hf]' (or give a local checkpoint directory)"
+        ) from None
+    base = ["config.json", *TOKENIZER_FILES]
+    try:
+        # Safetensors first; only a repository without them gets its pickle-free-read .bin.
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=[
+                    *base,
+                    "model.safetensors",
+                    "model-*.safetensors",
+                    "model.safetensors.index.json",
+                ],
+            )
+        )
+        if not any(folder.glob("model*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=[*base, "pytorch_model.bin"]))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShoshinError(
+            f"{repo_id!r} is not a run (see: shoshin runs) nor a local checkpoint, and downloading it "
+            f"from the Hugging Face hub failed ({type(exc).__name__}: {reason[:160]})"
+        ) from None
+    return folder
+
+
+def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
+    """Our ModelConfig for a GPT-2 or GPT-1 config.json; refuses variants our GPT does not compute."""
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise ShoshinError(
+            f"{where}: model_type {model_type!r} is not supported (shoshin loads gpt2 and openai-gpt checkpoints)"
+        )
+    try:
+        n_layer, n_head, n_embd = hf["n_layer"], hf["n_head"], hf["n_embd"]
+        n_positions, vocab_size = hf["n_positions"], hf["vocab_size"]
+    except KeyError as exc:
+        raise ShoshinError(f"{where} is missing the field {exc.args[0]!r}") from None
+    if model_type == "gpt2":
+        name = hf.get("activation_function", "gelu_new")
+        activation = GPT2_ACTIVATIONS.get(name)
+        if hf.get("n_inner") not in (None, 4 * n_embd):
+            raise ShoshinError(f"{where}: n_inner={hf['n_inner']} is not 4 * n_embd; not supported")
+        for flag, ok in (
+            ("scale_attn_by_inverse_layer_idx", False),
+            ("scale_attn_weights", True),
+            ("add_cross_attention", False),
+        ):
+            if hf.get(flag, ok) != ok:
+                raise ShoshinError(f"{where}: {flag}={hf[flag]} is not supported")
+    else:
+        name = hf.get("afn", "gelu")
+        activation = GPT1_ACTIVATIONS.get(name)
+    if activation is None:
+        raise ShoshinError(f"{where}: activation {name!r} is not supported")
+    return ModelConfig(
+        arch="gpt",
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        block_size=n_positions,
+        dropout=0.0,
+        bias=True,
+        norm="pre" if model_type == "gpt2" else "post",
+        activation=activation,
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        vocab_size=vocab_size,
+    )
+
+
+def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a checkpoint folder and the file they came from; nothing is unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    binary = folder / "pytorch_model.bin"
+    try:
+        if single.is_file():
+            return load_file(single), single
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            tensors: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise ShoshinError(f"checkpoint {folder} is incomplete: missing {shard}")
+                tensors.update(load_file(folder / shard))
+            return tensors, index
+        if binary.is_file():
+            # weights_only: torch's restricted unpickler accepts tensors and plain containers only.
+            state = torch.load(binary, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("not a dict of tensors")
+            return state, binary
+    except (SafetensorError, ValueError, RuntimeError, OSError, KeyError) as exc:
+        which = next(p for p in (single, index, binary) if p.exists())
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ShoshinError(f"checkpoint file {which} is corrupt ({reason})") from None
+    except Exception as exc:  # torch.load raises UnpicklingError for anything beyond tensors
+        raise ShoshinError(
+            f"checkpoint file {binary} is corrupt or holds more than tensors ({type(exc).__name__})"
+        ) from None
+    raise ShoshinError(
+        f"checkpoint {folder} is incomplete: missing its weights "
+        "(model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+    )
+
+
+def hf_to_shoshin(tensors: dict[str, torch.Tensor], model: GPT, where: str) -> None:
+    """Rename and transpose HF GPT-1/GPT-2 tensors and load them into `model` (built from the config)."""
+    renamed = {}
+    for name, tensor in tensors.items():
+        name = name.removeprefix("transformer.")
+        name = name.replace("tokens_embed.", "wte.").replace("positions_embed.", "wpe.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers stored by old GPT-2 checkpoints, not weights
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()
+        renamed[name] = tensor
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight")  # the same tensor as wte.weight
+        renamed.pop("lm_head.weight", None)
+    missing = [k for k in expected if k not in renamed]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ShoshinError(f"checkpoint {where} is incomplete: missing tensor {missing[0]}{more}")
+    for key, ref in expected.items():
+        if renamed[key].shape != ref.shape:
+            raise ShoshinError(
+                f"checkpoint {where}: tensor {key} has shape {tuple(renamed[key].shape)}, "
+                f"but config.json implies {tuple(ref.shape)}"
+            )
+    with torch.no_grad():
+        for key, ref in expected.items():
+            ref.copy_(renamed[key])  # state_dict tensors share storage with the parameters
+
+
+def shoshin_to_hf(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
+    """config.json contents and HF-named tensors for our GPT: GPT2LMHeadModel or OpenAIGPTLMHeadModel."""
+    cfg = model.config
+    gpt1 = cfg.norm == "post"
+    if gpt1 and cfg.activation != "gelu_tanh":
+        raise ShoshinError(
+            "this GPT-1-layout model uses the exact GELU, which transformers' OpenAIGPT cannot "
+            "express (its afn='gelu' is the tanh approximation); train with model.activation=gelu_tanh"
+        )
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if not cfg.bias:
+        # transformers' GPTs always have biases; zeros compute exactly what a bias-free model does.
+        with torch.device("meta"):
+            full = GPT(dataclasses.replace(cfg, bias=True)).state_dict()
+        for name, ref in full.items():
+            state.setdefault(name, torch.zeros(ref.shape))
+    tensors = {}
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # transformers re-ties it to the token embedding on load
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()
+        hf_name = name if name == "lm_head.weight" else f"transformer.{name}"
+        if gpt1:
+            hf_name = hf_name.replace(".wte.", ".tokens_embed.").replace(
+                ".wpe.", ".positions_embed."
+            )
+        tensors[hf_name] = tensor.contiguous()
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "torch_dtype": "float32",
+    }
+    if gpt1:
+        hf_config = {
+            "architectures": ["OpenAIGPTLMHeadModel"],
+            "model_type": "openai-gpt",
+            "afn": "gelu",
+            **common,
+        }
+    else:
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+            "n_inner": None,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            **common,
+        }
+    return hf_config, tensors
+
+
+def load_checkpoint(src: str | Path) -> Pretrained:
+    """Load a Hugging Face GPT-1/GPT-2 checkpoint (local folder or hub id) into shoshin's GPT, on CPU."""
+    src = str(src)
+    folder = Path(src).expanduser()
+    if not folder.exists():
+        if not looks_like_hub_id(src):
+            raise ShoshinError(f"checkpoint {src} does not exist")
+        folder = download(src)
+    if not folder.is_dir():
+        raise ShoshinError(f"checkpoint {src} is not a folder (expected config.json + weights)")
+    if (folder / "manifest.json").is_file():
+        raise ShoshinError(
+            f"{src} is a shoshin run, not a Hugging Face checkpoint; export it first with: "
+            f"shoshin export {src} --out DIR"
+        )
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ShoshinError(f"checkpoint {folder} is incomplete: missing config.json")
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ShoshinError(f"checkpoint file {config_file} is corrupt ({exc})") from None
+    config = model_config_from_hf(hf_config, str(config_file))
+    tensors, weights_file = read_weights(folder)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        raise ShoshinError(
+            f"checkpoint {folder} is incomplete: missing its tokenizer (tokenizer.json, or vocab.json + merges.txt)"
+        )
+    tokenizer = load_tokenizer(folder)
+    if not isinstance(tokenizer, BpeTokenizer):
+        raise ShoshinError(f"checkpoint {folder} holds a tokenizer shoshin cannot use with it")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ShoshinError(
+            f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"only {config.vocab_size} embeddings"
+        )
+    model = GPT(config)
+    hf_to_shoshin(tensors, model, str(weights_file))
+    model.eval()
+    return Pretrained(
+        model=model,
+        tokenizer=tokenizer,
+        source=src,
+        path=folder.resolve(),
+        model_type=hf_config["model_type"],
+        weights_file=weights_file.name,
+        weights_sha256=_sha256(weights_file),
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

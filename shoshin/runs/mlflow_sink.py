@@ -1,0 +1,196 @@
+"""An optional MLflow mirror of a run (`tracking.mlflow=true`, `pip install 'shoshin[mlflow]'`).
+
+The run directory stays the record; MLflow gets a copy for teams that browse experiments there:
+the flattened config as params, every metrics row as metrics at its step, the code and data
+fingerprints and git state as tags, and the manifest, config and patches as artifacts.
+
+MLflow creates its tables the first time a database is used, and several processes doing that at
+once on a fresh SQLite file fail with "table already exists". The first contact with a store is
+therefore made under a file lock, and so is the experiment lookup-or-create, which races the same
+way; after that the schema exists and concurrent runs only write rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoshin.config import Config
+from shoshin.runs.files import read_json
+
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+RETRIES = 6  # SQLite allows one writer at a time; a busy database is retried, not fatal
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"n_layer": 2}} -> {"model.n_layer": 2}."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def lock_path(uri: str) -> Path:
+    """The lock file guarding a store's initialisation: beside a SQLite file, else in the cache."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :] + ".lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
+    return Path(root) / f"mlflow-{digest}.lock"
+
+
+def open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """(MlflowClient, experiment id) for `uri`, creating tables and experiment safely under a lock."""
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    lock = lock_path(uri)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock), timeout=300):
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id if found is not None else client.create_experiment(experiment)
+        )
+    return client, experiment_id
+
+
+class MlflowMirror:
+    """Copies one run into MLflow as it trains; an MLflow failure warns once and never stops training."""
+
+    def __init__(self, client: Any, mlflow_run_id: str, run: Any, log: Callable[[str], None]):
+        self.client = client
+        self.run_id = mlflow_run_id
+        self.run = run
+        self.log = log
+        self.broken = False
+
+    def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        if self.broken:
+            return None
+        for attempt in range(RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                busy = "locked" in str(exc).lower() or "busy" in str(exc).lower()
+                if not busy or attempt == RETRIES - 1:
+                    self.broken = True
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    self.log(
+                        f"warning: MLflow mirror stopped ({first}); the run goes on without it"
+                    )
+                    return None
+                time.sleep(0.1 * 2**attempt)
+        return None
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """One metrics.jsonl row: every numeric field at the row's step."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), stamp, int(row["step"]))
+            for key, value in row.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        if metrics:
+            self._call(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self._call(self.client.log_artifact, self.run_id, str(path), folder)
+
+    def log_params_and_tags(self, config: Config, manifest: dict[str, Any]) -> None:
+        from mlflow.entities import Param, RunTag
+
+        params = [Param(k, str(v)) for k, v in flatten(config.to_dict()).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self._call(self.client.log_batch, self.run_id, params=params[start : start + 100])
+        tags = [RunTag(k, str(v)) for k, v in provenance_tags(manifest).items()]
+        self._call(self.client.log_batch, self.run_id, tags=tags)
+
+    def finish(self, status: str) -> None:
+        """End the MLflow run with the run's status; upload the manifest, config and patches."""
+        path = self.run.path
+        manifest = read_json(path / "manifest.json")
+        self._call(self.client.set_tag, self.run_id, "shoshin.status", status)
+        if manifest.get("error"):
+            self._call(self.client.set_tag, self.run_id, "shoshin.error", manifest["error"][:5000])
+        for name in ("manifest.json", "config.yaml", "traceback.txt"):
+            if (path / name).is_file():
+                self.log_artifact(path / name)
+        for patch in sorted((path / "code").glob("*.patch")):
+            self.log_artifact(patch, "code")
+        self._call(self.client.set_terminated, self.run_id, STATUS.get(status, "FAILED"))
+
+
+def provenance_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """The fingerprints and git state of a manifest as flat MLflow tags."""
+    tags = {"shoshin.run_id": manifest["id"]}
+    git = manifest.get("git") or {}
+    if git.get("commit"):
+        tags["mlflow.source.git.commit"] = git["commit"]  # MLflow's own tag: its UI links it
+        tags["shoshin.git.commit"] = git["commit"]
+    if git:
+        tags["shoshin.git.branch"] = str(git.get("branch"))
+        tags["shoshin.git.dirty"] = str(git.get("dirty"))
+    code = manifest.get("code") or {}
+    source_git = code.get("shoshin_git") or {}
+    if source_git.get("commit"):
+        tags["shoshin.source.git.commit"] = source_git["commit"]
+        tags["shoshin.source.git.dirty"] = str(source_git.get("dirty"))
+    fingerprint = code.get("fingerprint") or {}
+    if fingerprint.get("shoshin_source"):
+        tags["shoshin.code_fingerprint"] = fingerprint["shoshin_source"]
+    if fingerprint.get("config_file"):
+        tags["shoshin.config_file_sha256"] = fingerprint["config_file"]["sha256"]
+    data = manifest.get("data") or {}
+    for key in ("fingerprint", "source_sha256", "tokenizer_sha256"):
+        if data.get(key):
+            tags[f"shoshin.data.{key}"] = data[key]
+    if (data.get("split") or {}).get("sha256"):
+        tags["shoshin.data.split_sha256"] = data["split"]["sha256"]
+    return tags
+
+
+def open_mirror(
+    config: Config, run: Any, log: Callable[[str], None] = print
+) -> MlflowMirror | None:
+    """Start mirroring `run` to MLflow when tracking.mlflow is on (else None).
+
+    Called once the manifest knows the data; a store that cannot be opened is a warning.
+    """
+    tracking = config.tracking
+    if not tracking.mlflow:
+        return None
+    recorded = run.manifest.get("mlflow") or {}
+    try:
+        client, experiment_id = open_store(tracking.mlflow_uri, tracking.mlflow_experiment)
+        if recorded.get("uri") == tracking.mlflow_uri and recorded.get("run_id"):
+            # A resumed run continues its MLflow run rather than starting a second one.
+            client.update_run(recorded["run_id"], status="RUNNING")
+            return MlflowMirror(client, recorded["run_id"], run, log)
+        created = client.create_run(experiment_id, run_name=run.id)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log(f"warning: cannot open MLflow store {tracking.mlflow_uri} ({first}); not mirroring")
+        return None
+    mirror = MlflowMirror(client, created.info.run_id, run, log)
+    manifest = run.update_manifest(
+        mlflow={
+            "uri": tracking.mlflow_uri,
+            "experiment_id": experiment_id,
+            "run_id": created.info.run_id,
+        }
+    )
+    mirror.log_params_and_tags(config, manifest)
+    mirror.log_artifact(run.path / "config.yaml")
+    return mirror

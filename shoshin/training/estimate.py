@@ -1,0 +1,312 @@
+"""What a training run will cost before it starts: parameters, FLOPs, memory and wall time.
+
+The counts are analytic (from the config alone); the time comes from a few calibration steps of
+the real model on this machine, and the memory adds the resident size of this very process (the
+Python and PyTorch runtime, which dominates for small models) to the analytic tensors.
+
+FLOPs per token, training (forward + backward = 3 x forward), after Kaplan et al. and PaLM:
+    6 * N + 12 * n_layer * n_embd * block_size
+N counts the weights that take part in matrix multiplies (every parameter except the position
+embeddings; the tied token embedding counts once, for the output head). The second term is the
+attention score and weighted-sum work, which grows with the context and is not in N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from shoshin.config import Config, ModelConfig
+from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.models import build_model, count_parameters
+from shoshin.training.optim import make_optimizer
+
+FLOAT32 = 4
+
+
+@dataclass
+class Estimate:
+    """Everything `shoshin estimate` reports; saved as `estimate` in each run's manifest."""
+
+    params: int
+    matmul_params: int  # N in 6N: parameters used in matrix multiplies
+    flops_per_token: float  # training (forward + backward)
+    attention_flops_per_token: float  # the part of flops_per_token that is not 6N
+    tokens_per_step: int
+    steps: int
+    total_tokens: int
+    total_flops: float
+    memory: dict[str, int] = field(default_factory=dict)  # bytes, see memory_estimate()
+    step_seconds: float | None = None  # calibrated mean time of one optimizer step
+    eval_batch_seconds: float | None = None  # calibrated time of one evaluation batch
+    calibration_steps: int = 0
+    predicted_train_seconds: float | None = None  # optimizer steps only (a run's `elapsed`)
+    predicted_eval_seconds: float | None = None
+    predicted_total_seconds: float | None = None
+    achieved_flops_per_second: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def flops_per_token(config: ModelConfig, matmul_params: int) -> tuple[float, float]:
+    """(training FLOPs per token, the attention part of it) for a model of this shape."""
+    attention = 12.0 * config.n_layer * config.n_embd * config.block_size
+    if config.arch != "gpt":
+        attention = 0.0  # an LSTM has no attention; its recurrent matmuls are in N
+    return 6.0 * matmul_params + attention, attention
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Parameters taking part in matrix multiplies: all but the position embeddings."""
+    wpe = getattr(model, "wpe", None)
+    return count_parameters(model) - (wpe.weight.numel() if wpe is not None else 0)
+
+
+def activation_bytes(config: ModelConfig, batch_size: int, dtype: str = "float32") -> int:
+    """Tensors kept for the backward pass of one micro-batch (B = batch_size, T = block_size).
+
+    GPT, per layer, in units of B*T*C values: the block input, ln_1 output, q/k/v (3), attention
+    output and its re-assembled copy (2), the residual sum, ln_2 output, MLP hidden before and
+    after GELU (4 + 4): 17. Attention here is a fused kernel that keeps no T x T matrix, unless
+    dropout is on (then the probabilities and the dropout mask are kept). Around the blocks: the
+    embeddings and final LayerNorm (3 B*T*C) and the logits, their log-softmax and their gradient
+    (3 B*T*V, always in float32 for the loss). LSTM, per layer: its input plus the workspace of
+    PyTorch's fused LSTM kernel (gates, cell states and more; measured at about 16 B*T*C on CPU).
+    """
+    B, T, C, V, L = (
+        batch_size,
+        config.block_size,
+        config.n_embd,
+        config.vocab_size,
+        config.n_layer,
+    )
+    width = 2 if dtype == "bfloat16" else FLOAT32
+    if config.arch == "gpt":
+        per_layer = 17 * B * T * C
+        if config.dropout > 0:
+            per_layer += 2 * B * config.n_head * T * T
+        body = L * per_layer + 3 * B * T * C
+    else:
+        body = L * 17 * B * T * C + B * T * C
+    return body * width + 3 * B * T * V * FLOAT32
+
+
+def kv_cache_bytes(config: ModelConfig, batch_size: int = 1) -> int:
+    """Inference cache at full context: keys and values of every layer (GPT), or the LSTM state."""
+    if config.arch == "gpt":
+        return 2 * config.n_layer * batch_size * config.block_size * config.n_embd * FLOAT32
+    return 2 * config.n_layer * batch_size * config.n_embd * FLOAT32
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_resident_bytes() -> int:
+    """The peak resident memory of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def memory_estimate(
+    config: Config, params: int, data: PreparedData, runtime_bytes: int
+) -> dict[str, int]:
+    """Training and inference memory, in bytes, by part."""
+    tc = config.train
+    weights = params * FLOAT32
+    # The tokenized corpus is memory-mapped: random windows page all of it in over a run.
+    data_bytes = sum(s.tokens.nbytes + s.mask.nbytes for s in (data.train, data.val))
+    parts = {
+        "weights": weights,
+        "gradients": weights,
+        "optimizer": 2 * weights,  # AdamW's two moments
+        "activations": activation_bytes(config.model, tc.batch_size, tc.dtype),
+        "data": data_bytes,
+    }
+    parts["training_tensors"] = sum(parts.values())
+    parts["runtime"] = runtime_bytes
+    parts["training_process"] = parts["training_tensors"] + runtime_bytes
+    parts["kv_cache"] = kv_cache_bytes(config.model)
+    parts["inference_tensors"] = weights + parts["kv_cache"]
+    return parts
+
+
+def calibrate(
+    config: Config, data: PreparedData, device: torch.device, steps: int = 5, warmup: int = 2
+) -> tuple[float, float]:
+    """Seconds per optimizer step and per evaluation batch, timed on a fresh copy of the model.
+
+    The copy, its optimizer and its batches are separate from any run, and the global RNG is
+    restored afterwards, so calibrating inside a training process changes none of its results.
+    """
+    tc, T = config.train, config.model.block_size
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if tc.dtype == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(config.model).to(device)
+        optimizer = make_optimizer(model, tc, device.type)
+        gen = torch.Generator().manual_seed(tc.seed + 2)
+
+        def step() -> None:
+            for _ in range(tc.grad_accum):
+                x, y = get_batch(data.train, tc.batch_size, T, gen)
+                with autocast:
+                    loss = model(x.to(device), y.to(device)) / tc.grad_accum
+                loss.backward()
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        @torch.no_grad()
+        def eval_batch() -> None:
+            x, y = get_batch(data.val, tc.batch_size, T, gen)
+            with autocast:
+                model(x.to(device), y.to(device)).item()
+
+        step_s = _timed(step, steps, warmup, device)
+        model.eval()
+        eval_s = _timed(eval_batch, steps, 1, device)
+    return step_s, eval_s
+
+
+def _timed(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    """Mean seconds per call after `warmup` untimed calls (the first ones pay for allocation)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def estimate(
+    config: Config,
+    data: PreparedData | None = None,
+    device: torch.device | None = None,
+    calibration_steps: int = 5,
+    model_resident: bool = False,
+    log=print,
+) -> Estimate:
+    """Estimate the cost of training `config`; `calibration_steps=0` skips the timing.
+
+    `model_resident` says the caller already holds the model's weights (a Trainer does), so they
+    are not counted twice in the measured runtime.
+    """
+    from shoshin.training.trainer import pick_device
+
+    device = device or pick_device(config.train.device)
+    if data is None:
+        data = prepare_data(config.data, log=log)
+        check_fits(data, config.model.block_size, config.data.source)
+    config.model.vocab_size = data.tokenizer.vocab_size
+    with torch.random.fork_rng(devices=[]):
+        shape = build_model(config.model)  # on CPU, only to count
+    params, matmul = count_parameters(shape), matmul_parameters(shape)
+    del shape
+    fpt, attention = flops_per_token(config.model, matmul)
+    tc = config.train
+    tokens_per_step = tc.batch_size * tc.grad_accum * config.model.block_size
+    # PyTorch loads its optimizer machinery on first use (~70 MB resident); a training process has
+    # it, so load it before measuring this process as the runtime of one.
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    runtime = resident_bytes() - (params * FLOAT32 if model_resident else 0)
+    est = Estimate(
+        params=params,
+        matmul_params=matmul,
+        flops_per_token=fpt,
+        attention_flops_per_token=attention,
+        tokens_per_step=tokens_per_step,
+        steps=tc.max_steps,
+        total_tokens=tokens_per_step * tc.max_steps,
+        total_flops=fpt * tokens_per_step * tc.max_steps,
+        memory=memory_estimate(config, params, data, max(runtime, 0)),
+    )
+    if calibration_steps > 0:
+        step_s, eval_s = calibrate(config, data, device, steps=calibration_steps)
+        train_s = tc.max_steps * step_s
+        if tc.max_minutes:
+            train_s = min(train_s, tc.max_minutes * 60)
+        steps = round(train_s / step_s)
+        evals = steps // tc.eval_interval if tc.eval_interval else 0
+        if not tc.eval_interval or steps % tc.eval_interval:
+            evals += 1  # the last step is always evaluated
+        est.step_seconds = step_s
+        est.eval_batch_seconds = eval_s
+        est.calibration_steps = calibration_steps
+        est.predicted_train_seconds = train_s
+        est.predicted_eval_seconds = evals * tc.eval_iters * eval_s
+        est.predicted_total_seconds = train_s + est.predicted_eval_seconds
+        est.achieved_flops_per_second = fpt * tokens_per_step / step_s
+    return est
+
+
+def _si(value: float, unit: str = "") -> str:
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}".rstrip()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_seconds(seconds: float) -> str:
+    """1.5 -> '1.5s', 95 -> '1m35s', 4000 -> '1h06m'."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+    return f"{int(seconds) // 3600}h{int(seconds) % 3600 // 60:02d}m"
+
+
+def format_estimate(est: Estimate) -> str:
+    """The human-readable report printed by `shoshin estimate`."""
+    m = est.memory
+    lines = [
+        f"parameters        {est.params:,} ({est.matmul_params:,} in matrix multiplies)",
+        f"FLOPs per token   {_si(est.flops_per_token)} "
+        f"(6N = {_si(6 * est.matmul_params)} + attention {_si(est.attention_flops_per_token)})",
+        f"training          {est.steps:,} steps x {est.tokens_per_step:,} tokens = "
+        f"{_si(est.total_tokens)} tokens, {_si(est.total_flops, 'FLOP')}",
+        "memory, training  "
+        + ", ".join(
+            f"{k} {_mib(m[k])}"
+            for k in ("weights", "gradients", "optimizer", "activations", "data")
+        ),
+        f"                  tensors {_mib(m['training_tensors'])} + runtime {_mib(m['runtime'])}"
+        f" = process {_mib(m['training_process'])}",
+        f"memory, inference weights {_mib(m['weights'])} + KV cache at full context "
+        f"{_mib(m['kv_cache'])} (batch 1)",
+    ]
+    if est.step_seconds is not None:
+        lines += [
+            f"calibration       {est.calibration_steps} steps: {est.step_seconds * 1000:.1f} ms/step, "
+            f"{_si(est.achieved_flops_per_second, 'FLOP/s')}",
+            f"predicted time    {format_seconds(est.predicted_train_seconds)} training + "
+            f"{format_seconds(est.predicted_eval_seconds)} evaluation = "
+            f"{format_seconds(est.predicted_total_seconds)}",
+        ]
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shoshin.config import ModelConfig
-from shoshin.models.loss import lm_loss
+from shoshin.models.loss import head_loss
 
 
 class KVCache:
@@ -219,7 +219,7 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.lengths += T  # advanced once, by the model, after every layer has written
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        x = self.ln_f(x)
         if targets is None:
-            return logits
-        return lm_loss(logits, targets)
+            return self.lm_head(x)  # (B, T, vocab)
+        return head_loss(self.lm_head, x, targets)

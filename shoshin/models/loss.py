@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -1
@@ -20,3 +21,15 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         reduction="sum",
     )
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def head_loss(head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """lm_loss of head(x), computing logits only at positions whose target counts.
+
+    With an assistant-only loss many positions carry no target; skipping their projection onto the
+    vocabulary (the largest matrix of a small GPT) saves a good share of every training step.
+    """
+    keep = targets != IGNORE_INDEX
+    if not bool(keep.all()):
+        x, targets = x[keep], targets[keep]  # (N, C), (N,)
+    return lm_loss(head(x), targets)

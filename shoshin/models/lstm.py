@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from shoshin.config import ModelConfig
-from shoshin.models.loss import lm_loss
+from shoshin.models.loss import head_loss
 
 
 class LSTMState:
@@ -83,7 +83,7 @@ class LSTM(nn.Module):
             cache.h.copy_(h)
             cache.c.copy_(c)
             cache.lengths += idx.size(1)
-        logits = self.lm_head(self.drop(out))  # (B, T, vocab)
+        out = self.drop(out)
         if targets is None:
-            return logits
-        return lm_loss(logits, targets)
+            return self.lm_head(out)  # (B, T, vocab)
+        return head_loss(self.lm_head, out, targets)

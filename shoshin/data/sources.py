@@ -127,6 +127,8 @@ def _load_chitchat() -> Corpus:
 
     Its conversations are already grouped into turns (consecutive messages of one sender); the
     messages of a turn are joined with newlines and the turns alternate user / assistant.
+    Conversations in which only one person spoke (3,151 of the 7,168) teach no dialogue and are
+    skipped, leaving 4,017.
     """
     try:
         import chitchat_dataset

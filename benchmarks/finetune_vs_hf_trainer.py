@@ -24,12 +24,20 @@ import torch.nn as nn
 from shoshin.config import DataConfig, TrainConfig
 from shoshin.data.dataset import get_batch, prepare_data
 from shoshin.interop.hf import load_checkpoint
+from shoshin.models.loss import IGNORE_INDEX
 from shoshin.training.optim import lr_at, make_optimizer
 
 
-def make_batches(n: int, batch_size: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n batches of chitchat windows, tokenized with a BPE trained on chitchat (ids < 8192)."""
-    data = prepare_data(DataConfig(source="chitchat", tokenizer="bpe", vocab_size=8192))
+def make_batches(
+    n: int, batch_size: int, seq_len: int, loss_on: str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n batches of chitchat windows, tokenized with a BPE trained on chitchat (ids < 8192).
+
+    With loss_on="assistant" the targets of user turns are masked, as `shoshin finetune` does.
+    """
+    data = prepare_data(
+        DataConfig(source="chitchat", tokenizer="bpe", vocab_size=8192, loss_on=loss_on)
+    )
     gen = torch.Generator().manual_seed(0)
     return [get_batch(data.train, batch_size, seq_len, gen) for _ in range(n)]
 
@@ -67,6 +75,17 @@ def shoshin_steps(folder: Path, batches, tc: TrainConfig) -> list[float]:
     return times
 
 
+def hf_labels(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """transformers' labels for one window: the inputs, -100 where shoshin's target is masked.
+
+    transformers shifts labels itself, so label t is the target of position t-1 (y[t-1]).
+    """
+    labels = x.clone()
+    labels[0] = -100
+    labels[1:][y[:-1] == IGNORE_INDEX] = -100
+    return labels
+
+
 def hf_trainer_steps(folder: Path, batches, tc: TrainConfig, workdir: Path) -> list[float]:
     """Seconds per step of transformers' Trainer on the same batches, in the same order."""
     from torch.utils.data import SequentialSampler
@@ -77,7 +96,11 @@ def hf_trainer_steps(folder: Path, batches, tc: TrainConfig, workdir: Path) -> l
         TrainingArguments,
     )
 
-    rows = [{"input_ids": row, "labels": row} for x, _ in batches for row in x]
+    rows = [
+        {"input_ids": x, "labels": hf_labels(x, y)}
+        for xb, yb in batches
+        for x, y in zip(xb, yb, strict=True)
+    ]
 
     class InOrder(Trainer):
         def _get_train_sampler(self, *args, **kwargs):
@@ -126,6 +149,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--n-layer", type=int, default=12, help="12 = GPT-2 124M")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--loss-on",
+        choices=("all", "assistant"),
+        default="all",
+        help="assistant: mask user turns, the default of shoshin finetune",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -133,7 +162,7 @@ def main() -> None:
     tc = TrainConfig(
         lr=6e-5, min_lr=6e-6, warmup_steps=2, weight_decay=0.01, max_steps=args.steps + 1
     )
-    batches = make_batches(args.steps + 1, args.batch_size, args.seq_len)
+    batches = make_batches(args.steps + 1, args.batch_size, args.seq_len, args.loss_on)
     tokens = args.batch_size * args.seq_len
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +175,7 @@ def main() -> None:
     print(
         f"GPT-2 shape: {args.n_layer} layers, 768 wide, vocab 50257; batch {args.batch_size} x "
         f"{args.seq_len} tokens, fp32, {args.threads} threads, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}"
+        f"transformers {transformers.__version__}, loss on {args.loss_on} tokens"
     )
     print(f"timed steps per side: {len(ours)} (median of each)")
     print(f"shoshin step      {s_ours:7.2f} s  {tokens / s_ours:8.1f} tokens/s")

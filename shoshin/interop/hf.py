@@ -12,7 +12,6 @@ Two differences in layout, both mechanical:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from shoshin.config import ModelConfig
 from shoshin.data.tokenizers import BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import GPT
+from shoshin.runs.provenance import sha256_file
 
 FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}
 # Activation names in config.json -> ours. Beware: GPT-1's "gelu" is the tanh approximation
@@ -355,13 +355,5 @@ def load_checkpoint(src: str | Path) -> Pretrained:
         path=folder.resolve(),
         model_type=hf_config["model_type"],
         weights_file=weights_file.name,
-        weights_sha256=_sha256(weights_file),
+        weights_sha256=sha256_file(weights_file),
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

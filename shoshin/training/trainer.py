@@ -399,10 +399,10 @@ class Trainer:
     def sample_text(self, max_new_tokens: int, prompt: str = "", seed: int = 0) -> str:
         """A short sample from the current model, as a chat reply when the run is a chat model."""
         tok = self.data.tokenizer
-        if is_chat_tokenizer(tok):
-            ids, _ = render_chat(
-                tok, [{"role": "user", "content": prompt or "Hi! How are you?"}], True
-            )
+        chat = is_chat_tokenizer(tok)
+        if chat:
+            prompt = prompt or "Hi! How are you?"
+            ids, _ = render_chat(tok, [{"role": "user", "content": prompt}], True)
         else:
             ids = tok.encode(prompt) or [tok.special_tokens["<|endoftext|>"]]
         new = generate(
@@ -414,7 +414,11 @@ class Trainer:
             seed=seed,
             stop_ids=end_token_ids(tok),
         )
-        return (prompt if not is_chat_tokenizer(tok) else "") + tok.decode(new)
+        if new and new[-1] in end_token_ids(tok):
+            new = new[:-1]
+        if chat:
+            return f"user: {prompt}\nassistant: {tok.decode(new)}"
+        return prompt + tok.decode(new)
 
 
 def train(

@@ -10,6 +10,7 @@ the rendering then changes from the first dropped turn on and the cache is rebui
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TextIO
@@ -20,15 +21,15 @@ from shoshin.generation.engine import Engine, SamplingParams
 from shoshin.generation.streaming import TextStream
 
 
-class ChatTemplate:
+class ChatTemplate(ABC):
     """How a conversation becomes token ids, and what ends the assistant's reply."""
 
     stop_ids: list[int]
     stop_strings: list[str]
 
+    @abstractmethod
     def render(self, messages: list[dict[str, str]]) -> list[int]:
         """Ids of the conversation followed by the cue for the assistant to answer."""
-        raise NotImplementedError
 
     def reply_content(self, text: str) -> str:
         """The assistant message to record for a generated reply."""

@@ -214,6 +214,7 @@ class Trainer:
             total=tc.max_steps, initial=self.step, disable=not interactive, dynamic_ncols=True
         )
         rng_at_step_start = _capture_rng(self.batch_gen)
+        updating = False  # between the optimizer step and the end of its bookkeeping
         model.train()
         try:
             if self.dist.is_main:
@@ -254,6 +255,7 @@ class Trainer:
                     )
                 if tc.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                updating = True
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 self.step += 1
@@ -289,11 +291,18 @@ class Trainer:
                 checkpoint_due = tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0
                 if checkpoint_due or improved or last:
                     self.save(_capture_rng(self.batch_gen), best=improved)
+                updating = False
             self._close_out(bar, interactive)
         except KeyboardInterrupt:
             bar.close()
-            # The interrupted step did not finish: save the state from before it began.
-            self.save(rng_at_step_start)
+            if updating:
+                # Interrupted while the weights changed or the step was being evaluated and logged:
+                # this step is incomplete, so the last checkpoint stands and resume redoes from it.
+                latest = read_index(self.run.path / "checkpoints").get("latest")
+                self.step = int(latest.split("-")[1]) if latest else 0
+            else:
+                # Interrupted before the step changed anything: save the state from before it began.
+                self.save(rng_at_step_start)
             self._finish("interrupted")
             self.log(
                 f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"

@@ -20,11 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from shoshin.config import Config, save_config
-from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
+from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation import generate
+from shoshin.generation.engine import SamplingParams
+from shoshin.generation.sample import sample_text
 from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
 from shoshin.runs.mlflow_sink import open_mirror
@@ -411,23 +412,9 @@ class Trainer:
         chat = is_chat_tokenizer(tok)
         if chat:
             prompt = prompt or "Hi! How are you?"
-            ids, _ = render_chat(tok, [{"role": "user", "content": prompt}], True)
-        else:
-            ids = tok.encode(prompt) or [tok.special_tokens["<|endoftext|>"]]
-        new = generate(
-            self.model,
-            ids,
-            max_new_tokens,
-            temperature=0.8,
-            top_k=50,
-            seed=seed,
-            stop_ids=end_token_ids(tok),
-        )
-        if new and new[-1] in end_token_ids(tok):
-            new = new[:-1]
-        if chat:
-            return f"user: {prompt}\nassistant: {tok.decode(new)}"
-        return prompt + tok.decode(new)
+        params = SamplingParams(max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+        text = "".join(sample_text(self.model, tok, prompt, params))
+        return f"user: {prompt}\nassistant: {text}" if chat else prompt + text
 
 
 def train(

@@ -91,7 +91,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 = off
     eval_interval: int = 250
-    eval_iters: int = 20
+    eval_iters: int = 20  # batches per evaluation, spread evenly over the val split; 0 = all of it
     log_interval: int = 10
     checkpoint_interval: int = 500
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
@@ -104,10 +104,10 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16"))
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "log_interval"):
+        for name in ("max_steps", "batch_size", "grad_accum", "log_interval"):
             if getattr(self, name) < 1:
                 raise ShoshinError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_interval", "checkpoint_interval", "warmup_steps"):
+        for name in ("eval_interval", "eval_iters", "checkpoint_interval", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ShoshinError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:

@@ -246,8 +246,48 @@ def get_batch(split: Split, batch_size: int, block_size: int, generator: torch.G
     ix = torch.randint(
         split.tokens.size - block_size - 1, (batch_size,), generator=generator
     ).tolist()
-    x = np.stack([split.tokens[i : i + block_size] for i in ix]).astype(np.int64)
-    y = np.stack([split.tokens[i + 1 : i + 1 + block_size] for i in ix]).astype(np.int64)
-    m = np.stack([split.mask[i + 1 : i + 1 + block_size] for i in ix])
+    return _windows(split, ix, block_size)
+
+
+def _windows(split: Split, starts: list[int], block_size: int):
+    """x (B, T) = tokens[s : s + T] and y (B, T) = tokens[s + 1 : s + 1 + T] for every start s."""
+    x = np.stack([split.tokens[i : i + block_size] for i in starts]).astype(np.int64)
+    y = np.stack([split.tokens[i + 1 : i + 1 + block_size] for i in starts]).astype(np.int64)
+    m = np.stack([split.mask[i + 1 : i + 1 + block_size] for i in starts])
     y[m == 0] = IGNORE_INDEX
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def eval_batches(split: Split, batch_size: int, block_size: int, max_batches: int = 0):
+    """Evaluation batches (x, y) of windows that tile the split: every target is scored once.
+
+    max_batches=0 covers the whole split: consecutive non-overlapping windows, the last one ending
+    at the split's end with the targets already scored set to IGNORE_INDEX. Otherwise at most
+    max_batches batches of windows spread evenly over the split: the same windows every time, and a
+    steadier estimate than as many random windows (no overlaps, no region left out by chance).
+    Average the loss over targets, not batches: batches can differ in their number of targets.
+    """
+    n_targets = split.tokens.size - 1
+    starts, tail = _eval_windows(n_targets, batch_size, block_size, max_batches)
+    for b in range(0, len(starts), batch_size):
+        yield _windows(split, starts[b : b + batch_size], block_size)
+    if tail:
+        x, y = _windows(split, [n_targets - block_size], block_size)
+        y[:, : block_size - tail] = IGNORE_INDEX  # scored by the previous window already
+        yield x, y
+
+
+def eval_batch_count(n_tokens: int, batch_size: int, block_size: int, max_batches: int = 0) -> int:
+    """How many batches eval_batches yields for a split of n_tokens tokens."""
+    starts, tail = _eval_windows(n_tokens - 1, batch_size, block_size, max_batches)
+    return -(-len(starts) // batch_size) + (tail > 0)
+
+
+def _eval_windows(n_targets: int, batch_size: int, block_size: int, max_batches: int):
+    """Start of every evaluation window, and how many targets a last, partial window scores."""
+    starts = list(range(0, n_targets - block_size + 1, block_size))
+    tail = n_targets - (starts[-1] + block_size)  # targets after the last whole window
+    if max_batches and max_batches * batch_size < len(starts) + (tail > 0):
+        picked = np.linspace(0, len(starts) - 1, max_batches * batch_size).round().astype(int)
+        return [starts[i] for i in np.unique(picked)], 0
+    return starts, tail

@@ -24,7 +24,13 @@ import torch
 import torch.nn as nn
 
 from shoshin.config import Config, ModelConfig
-from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.data.dataset import (
+    PreparedData,
+    check_fits,
+    eval_batch_count,
+    get_batch,
+    prepare_data,
+)
 from shoshin.models import build_model, count_parameters
 from shoshin.training.optim import make_optimizer
 
@@ -256,7 +262,10 @@ def estimate(
         est.eval_batch_seconds = eval_s
         est.calibration_steps = calibration_steps
         est.predicted_train_seconds = train_s
-        est.predicted_eval_seconds = evals * tc.eval_iters * eval_s
+        eval_batches = eval_batch_count(
+            data.val.tokens.size, tc.batch_size, config.model.block_size, tc.eval_iters
+        )
+        est.predicted_eval_seconds = evals * eval_batches * eval_s
         est.predicted_total_seconds = train_s + est.predicted_eval_seconds
         est.achieved_flops_per_second = fpt * tokens_per_step / step_s
     return est

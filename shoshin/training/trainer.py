@@ -21,13 +21,14 @@ from tqdm import tqdm
 
 from shoshin.config import Config, save_config
 from shoshin.data.chat import is_chat_tokenizer
-from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.data.dataset import PreparedData, check_fits, eval_batches, get_batch, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.engine import SamplingParams
 from shoshin.generation.sample import sample_text
 from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
+from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.store import Run, create_run, now_iso
@@ -174,21 +175,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean validation loss over eval_iters fixed batches (the same batches every time).
+        """Mean validation loss per target over train.eval_iters batches (0: the whole split).
 
-        Under DDP each rank scores its slice of every batch and the means are averaged over ranks.
+        The batches tile the split (data.dataset.eval_batches), the same ones every time. Under
+        DDP each rank scores every world_size-th batch and the sums are combined over ranks.
         """
-        tc, T = self.config.train, self.config.model.block_size
-        gen = torch.Generator().manual_seed(tc.seed + 1)
+        tc, T, world = self.config.train, self.config.model.block_size, self.dist.world_size
         self.model.eval()
-        losses = []
-        for _ in range(tc.eval_iters):
-            x, y = get_batch(self.data.val, tc.batch_size * self.dist.world_size, T, gen)
-            x, y = self.dist.shard(x), self.dist.shard(y)
-            with self.autocast:
-                losses.append(self.forward(x.to(self.device), y.to(self.device)).item())
+        total = count = 0.0
+        batches = eval_batches(self.data.val, tc.batch_size * world, T, tc.eval_iters)
+        for i, (x, y) in enumerate(batches):
+            if i % world == self.dist.rank:
+                n = int((y != IGNORE_INDEX).sum())
+                with self.autocast:
+                    total += self.model(x.to(self.device), y.to(self.device)).item() * n
+                count += n
         self.model.train()
-        loss = self.dist.mean(sum(losses) / len(losses))
+        loss = self.dist.mean(total) / max(self.dist.mean(count), 1e-12)  # sum / sum over ranks
         self.last_eval_step = self.step
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
         meta = self.data.meta

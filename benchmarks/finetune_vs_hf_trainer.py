@@ -4,7 +4,11 @@ Same work for both: a GPT-2-124M-shaped model with the same random weights (save
 `save_pretrained`, loaded by transformers and by shoshin's own loader), the same tokenized chitchat
 batches (drawn once, fed to both in the same order), the same batch size, sequence length, fp32,
 AdamW with weight decay, gradient clipping at 1.0, warmup, no dropout, and the same thread count.
-The first step of each side is a warm-up and is not timed; rounds alternate to share the noise.
+By default the user turns carry no loss on either side (shoshin finetune's default; transformers
+gets -100 labels at the same positions); --loss-on all trains on every token. The first step of
+each side is a warm-up and is not timed; rounds alternate to share the noise. It prints the median
+time of each phase (forward, backward, optimizer) for both, and the throughput ratio against the
+target of 1.2x.
 
     python benchmarks/finetune_vs_hf_trainer.py            # a few minutes on a 2-core CPU
     python benchmarks/finetune_vs_hf_trainer.py --steps 3 --rounds 1 --n-layer 2   # a quick look
@@ -26,6 +30,8 @@ from shoshin.data.dataset import get_batch, prepare_data
 from shoshin.interop.hf import load_checkpoint
 from shoshin.models.loss import IGNORE_INDEX
 from shoshin.training.optim import lr_at, make_optimizer
+
+TARGET_RATIO = 1.2
 
 
 def make_batches(
@@ -56,22 +62,31 @@ def save_random_gpt2(folder: Path, n_layer: int) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
 
 
-def shoshin_steps(folder: Path, batches, tc: TrainConfig) -> list[float]:
-    """Seconds per step of shoshin's training step (as in training/trainer.py) on each batch."""
+PHASES = ("forward", "backward", "optimizer")
+
+
+def shoshin_steps(folder: Path, batches, tc: TrainConfig) -> list[dict[str, float]]:
+    """Seconds of each phase of shoshin's training step (as in training/trainer.py), per batch.
+
+    forward: the loss; backward: its gradients; optimizer: learning rate, clipping, AdamW step.
+    """
     model = load_checkpoint(folder).model
     model.train()
     opt = make_optimizer(model, tc, "cpu")
     times = []
     for step, (x, y) in enumerate(batches):
-        start = time.perf_counter()
+        t0 = time.perf_counter()
+        loss = model(x, y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
-        loss = model(x, y)
-        loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
+        t3 = time.perf_counter()
+        times.append({"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2})
     return times
 
 
@@ -86,8 +101,14 @@ def hf_labels(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def hf_trainer_steps(folder: Path, batches, tc: TrainConfig, workdir: Path) -> list[float]:
-    """Seconds per step of transformers' Trainer on the same batches, in the same order."""
+def hf_trainer_steps(
+    folder: Path, batches, tc: TrainConfig, workdir: Path
+) -> list[dict[str, float]]:
+    """Seconds of each phase of transformers' Trainer step on the same batches, in the same order.
+
+    forward: its compute_loss; backward: the rest of its training_step; optimizer: from there to
+    the end of the step (clipping, AdamW, scheduler, zero_grad).
+    """
     from torch.utils.data import SequentialSampler
     from transformers import (
         AutoModelForCausalLM,
@@ -101,22 +122,37 @@ def hf_trainer_steps(folder: Path, batches, tc: TrainConfig, workdir: Path) -> l
         for xb, yb in batches
         for x, y in zip(xb, yb, strict=True)
     ]
+    marks: dict[str, float] = {}
+    times: list[dict[str, float]] = []
 
-    class InOrder(Trainer):
+    class TimedTrainer(Trainer):
         def _get_train_sampler(self, *args, **kwargs):
             return SequentialSampler(self.train_dataset)
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
+        def compute_loss(self, *args, **kwargs):
+            out = super().compute_loss(*args, **kwargs)
+            marks["forward"] = time.perf_counter()
+            return out
 
+        def training_step(self, *args, **kwargs):
+            out = super().training_step(*args, **kwargs)
+            marks["backward"] = time.perf_counter()
+            return out
+
+    class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            marks["start"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
+            end = time.perf_counter()
+            times.append(
+                {
+                    "forward": marks["forward"] - marks["start"],
+                    "backward": marks["backward"] - marks["forward"],
+                    "optimizer": end - marks["backward"],
+                }
+            )
 
-    timer = StepTimer()
     args = TrainingArguments(
         output_dir=str(workdir),
         per_device_train_batch_size=batches[0][0].size(0),
@@ -137,8 +173,15 @@ def hf_trainer_steps(folder: Path, batches, tc: TrainConfig, workdir: Path) -> l
         seed=tc.seed,
     )
     model = AutoModelForCausalLM.from_pretrained(folder)
-    InOrder(model=model, args=args, train_dataset=rows, callbacks=[timer]).train()
-    return timer.times
+    TimedTrainer(model=model, args=args, train_dataset=rows, callbacks=[StepTimer()]).train()
+    return times
+
+
+def median_phases(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of each phase and of the whole step."""
+    out = {p: statistics.median(s[p] for s in steps) for p in PHASES}
+    out["step"] = statistics.median(sum(s.values()) for s in steps)
+    return out
 
 
 def main() -> None:
@@ -152,8 +195,8 @@ def main() -> None:
     parser.add_argument(
         "--loss-on",
         choices=("all", "assistant"),
-        default="all",
-        help="assistant: mask user turns, the default of shoshin finetune",
+        default="assistant",
+        help="assistant (shoshin finetune's default): no loss on user turns; all: every token",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,23 +207,28 @@ def main() -> None:
     )
     batches = make_batches(args.steps + 1, args.batch_size, args.seq_len, args.loss_on)
     tokens = args.batch_size * args.seq_len
-    ours, theirs = [], []
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "gpt2-random"
         save_random_gpt2(folder, args.n_layer)
         for r in range(args.rounds):
             ours += shoshin_steps(folder, batches, tc)[1:]  # the first step warms up
             theirs += hf_trainer_steps(folder, batches, tc, Path(tmp) / f"hf-{r}")[1:]
-    s_ours, s_theirs = statistics.median(ours), statistics.median(theirs)
+    a, b = median_phases(ours), median_phases(theirs)
     print(
         f"GPT-2 shape: {args.n_layer} layers, 768 wide, vocab 50257; batch {args.batch_size} x "
         f"{args.seq_len} tokens, fp32, {args.threads} threads, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, loss on {args.loss_on} tokens"
     )
-    print(f"timed steps per side: {len(ours)} (median of each)")
-    print(f"shoshin step      {s_ours:7.2f} s  {tokens / s_ours:8.1f} tokens/s")
-    print(f"HF Trainer step   {s_theirs:7.2f} s  {tokens / s_theirs:8.1f} tokens/s")
-    print(f"ratio shoshin / HF Trainer: {s_theirs / s_ours:.2f}x")
+    print(f"timed steps per side: {len(ours)} (median of each phase and of the whole step)")
+    print(f"{'':12s} {'shoshin':>9s} {'HF Trainer':>11s} {'HF / shoshin':>13s}")
+    for phase in (*PHASES, "step"):
+        print(f"{phase:12s} {a[phase]:8.3f}s {b[phase]:10.3f}s {b[phase] / a[phase]:12.2f}x")
+    print(f"tokens/s     {tokens / a['step']:9.1f} {tokens / b['step']:11.1f}")
+    ratio = b["step"] / a["step"]
+    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+    print(f"throughput shoshin / HF Trainer: {ratio:.2f}x (target >= {TARGET_RATIO}x): {verdict}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def prepare_data(cfg: DataConfig, log=print, tokenizer: BpeTokenizer | None = No
     one, after adding the special tokens the corpus needs (`<|endoftext|>`, and the chat roles for
     chat data); the returned PreparedData.tokenizer is that extended tokenizer.
     """
-    corpus = load_corpus(cfg.source, cfg.max_documents)
+    corpus = load_corpus(
+        cfg.source, cfg.max_documents, cfg.hf_split, cfg.hf_column, cfg.hf_revision
+    )
     if tokenizer is not None:
         tokenizer = tokenizer.with_special_tokens(_specials(corpus.kind))
     fingerprint = data_fingerprint(corpus.sha256, cfg, tokenizer.sha256() if tokenizer else None)
@@ -95,6 +97,8 @@ def prepare_data(cfg: DataConfig, log=print, tokenizer: BpeTokenizer | None = No
         log(f"tokenizing {corpus.description} ({len(corpus.documents)} documents) ...")
         _build_cache(corpus, cfg, folder, fingerprint, tokenizer)
     meta = json.loads((folder / "meta.json").read_text())
+    if corpus.origin:  # this load's dataset identity (the cache is keyed by content only)
+        meta["hf"] = corpus.origin
     dtype = np.dtype(meta["dtype"])
 
     def split(name: str) -> Split:

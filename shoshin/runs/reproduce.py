@@ -112,7 +112,8 @@ def fingerprint_differences(run: Run) -> tuple[list[str], list[str]]:
         problems.append("data fingerprint: not recorded for this run (it never prepared its data)")
     else:
         try:
-            now = load_corpus(source).sha256
+            d = config.data
+            now = load_corpus(source, 0, d.hf_split, d.hf_column, d.hf_revision).sha256
         except ShoshinError as exc:
             problems.append(f"data fingerprint: cannot read the data now ({exc})")
         else:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TextIO
 
-from shoshin.data.chat import ROLE_TOKENS, end_token_ids, is_chat_tokenizer
+from shoshin.data.chat import ROLE_TOKENS, is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import ASSISTANT, END, EOT, Tokenizer
 from shoshin.generation.engine import Engine, SamplingParams
 from shoshin.generation.streaming import TextStream
@@ -41,7 +41,7 @@ class RoleTokenTemplate(ChatTemplate):
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.stop_ids = end_token_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer)
         self.stop_strings = []
 
     def render(self, messages: list[dict]) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch.nn as nn
 
-from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
+from shoshin.data.chat import is_chat_tokenizer, render_chat, stop_token_ids
 from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.engine import Engine, SamplingParams
@@ -40,7 +40,7 @@ def sample_text(
     Chat models answer `prompt` as a user message and stop at the end of their reply.
     """
     ids = prompt_ids(tokenizer, prompt)
-    params = replace(params, stop_ids=[*params.stop_ids, *end_token_ids(tokenizer)]).validate()
+    params = replace(params, stop_ids=[*params.stop_ids, *stop_token_ids(tokenizer)]).validate()
     if use_cache:
         yield from TextStream(Engine(model), tokenizer, ids, params, stop_strings)
         return

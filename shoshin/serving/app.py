@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shoshin.data.chat import end_token_ids
+from shoshin.data.chat import stop_token_ids
 from shoshin.data.tokenizers import ASSISTANT, EOT, SYSTEM, USER, Tokenizer
 from shoshin.generation.chat import chat_template, fit_messages
 from shoshin.generation.engine import SamplingParams
@@ -216,7 +216,7 @@ class Server:
         self.created = int(time.time())
         self.context = model.config.block_size  # tokens a prompt may hold
         self.scheduler = BatchScheduler(model, config.max_batch, self.context)
-        self.end_ids = tuple(end_token_ids(tokenizer))
+        self.end_ids = tuple(stop_token_ids(tokenizer))
         self.template = chat_template(tokenizer)
         # In a chat, any role marker also ends the reply: the model has started another turn.
         roles = [tokenizer.special_tokens.get(t) for t in (SYSTEM, USER, ASSISTANT)]

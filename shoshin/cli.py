@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.store import Run, all_runs, effective_status, resolve_run, runs_root
+from shoshin.runs.store import (
+    TRAINING_KINDS,
+    Run,
+    all_runs,
+    effective_status,
+    latest_run,
+    resolve_run,
+    run_kind,
+    runs_root,
+)
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -48,6 +57,8 @@ def run_summary(run: Run) -> dict:
     return {
         "id": run.id,
         "name": m.get("name"),
+        "kind": run_kind(m),  # train | finetune | reproduction | lr-find
+        "reproduction_of": m.get("reproduction_of"),
         "arch": m.get("arch"),
         "params": m.get("params"),
         "steps": m.get("steps", 0),
@@ -119,6 +130,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         [
             s["id"],
             s["name"] or "-",
+            f"reproduces {s['reproduction_of']}" if s["reproduction_of"] else s["kind"],
             s["arch"] or "-",
             _fmt_params(s["params"]),
             str(s["steps"]),
@@ -128,13 +140,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         ]
         for s in summaries
     ]
-    headers = ["id", "name", "arch", "params", "steps", "best val", "status", "duration"]
+    headers = ["id", "name", "kind", "arch", "params", "steps", "best val", "status", "duration"]
     if any(s["error"] for s in summaries):  # why a run failed, in a last column
         headers.append("error")
         for row, s in zip(rows, summaries, strict=True):
             error = s["error"] or ""
             row.append(error if len(error) <= 70 else error[:67] + "...")
     print_table(headers, rows)
+    if any(s["kind"] in TRAINING_KINDS for s in summaries):
+        latest = latest_run(runs_root(args.runs_dir)).id
+        print(f"\nlatest = {latest} (the newest train or finetune run)")
     return 0
 
 
@@ -209,6 +224,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f" ({manifest['error']})" if manifest.get("error") else "")
     )
     print(f"command   {' '.join(manifest.get('command', []))}")
+    if summary["reproduction_of"]:
+        print(f"kind      reproduction of {summary['reproduction_of']}")
+    elif summary["kind"] not in TRAINING_KINDS:
+        print(f"kind      {summary['kind']}")
     print(f"started   {manifest.get('start_time')}   ended {manifest.get('end_time') or '-'}")
     print(
         f"model     {manifest.get('arch', '-')}, {_fmt_params(manifest.get('params'))} parameters"
@@ -276,11 +295,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation import Engine
     from shoshin.generation.chat import ChatSession, run_terminal_chat
+    from shoshin.loading import resolve_source
 
+    source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
-    print(f"chatting with {args.run} ({model.config.arch}, context {window or 'unlimited'} tokens)")
+    name = source.id if isinstance(source, Run) else source
+    print(f"chatting with {name} ({model.config.arch}, context {window or 'unlimited'} tokens)")
     run_terminal_chat(session)
     return 0
 

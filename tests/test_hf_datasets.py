@@ -191,14 +191,16 @@ def test_without_the_datasets_library_the_error_says_what_to_install(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_on_a_local_dataset_reproduces_and_notices_a_changed_dataset(tmp_path):
+def test_a_run_on_a_local_dataset_reproduces_and_notices_a_changed_dataset(tmp_path, monkeypatch):
     _, env = shoshin_copy(tmp_path / "src", with_git=False)
     folder = tmp_path / "stories"
     datasets.Dataset.from_list(_text_rows()).save_to_disk(str(folder))
-    result = run_cli("train", "tiny", f"data.source=hf:{folder}", *TINY, env=env)
+    result = run_cli("train", "tiny", "data.source=hf:./stories", *TINY, env=env)  # relative
     assert result.returncode == 0, result.stderr
     (original,) = [p.name for p in (tmp_path / "runs").iterdir()]
 
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the folder is found from the run's directory
     result = run_cli("reproduce", original, "--steps", "6", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REPRODUCED: 6 steps" in result.stdout

@@ -49,7 +49,8 @@ def load_corpus(
         path = Path(source).expanduser()
         if not path.exists():
             raise ShoshinError(
-                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat file or chitchat)"
+                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat "
+                "file, chitchat, or a Hugging Face dataset as hf:NAME or hf:/path)"
             )
         if path.is_dir():
             corpus = _load_text_folder(path)

@@ -26,7 +26,7 @@ def test_page_loads_with_an_inline_icon_and_no_failed_request():
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent.includes('loop')")
             href = page.get_attribute("link[rel=icon]", "href")
-            assert href.startswith("data:image/svg+xml,")
+            assert href.startswith("data:image/svg+xml;base64,")  # no URL in the page
             # The icon is a picture the browser can draw, not just a string.
             width = page.evaluate(
                 """href => new Promise(resolve => {

@@ -44,7 +44,7 @@ class SlowWork:
         self.said = False
 
     def advance(self, amount: float = 1.0) -> None:
-        """Record `amount` more units done; the first call past `after` seconds logs the estimate."""
+        """Count `amount` more units done; the first call past `after` seconds says what is left."""
         self.done += amount
         if self.said or self.done <= 0 or self.done >= self.total:
             return

@@ -67,6 +67,26 @@ def test_cached_sampling_equals_naive_with_the_same_seed(kind):
     assert Engine(model).generate([1, 2, 3], SamplingParams(60, **params)) == naive
 
 
+@pytest.mark.parametrize("kind", ["gpt-pre", "lstm"])
+def test_prefill_projects_only_the_positions_it_samples(kind):
+    """Prompts of 9 and 4 tokens prefilled together: the head sees one position per row (not 2 x 9),
+    unless prompt log-probabilities are asked for; the logits are those of a full pass."""
+    model = tiny_model(kind)
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    engine = Engine(model)
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7, 1, 8]]
+    batch = engine.new_batch(2)
+    batch.add({0: engine.generation(prompts[0], GREEDY), 1: engine.generation(prompts[1], GREEDY)})
+    assert seen and all(shape[:2] == (shape[0], 1) for shape in seen), seen
+    for b, prompt in enumerate(prompts):
+        full = model(torch.tensor([prompt]))[0, -1]
+        torch.testing.assert_close(batch.rows[b].logits, full, atol=1e-5, rtol=1e-5)
+    seen.clear()
+    engine.score([3, 1, 4, 1, 5], top=2)
+    assert seen[0][1] == 5  # a scoring pass needs every position's logits
+
+
 def test_shoshin_generate_uses_the_engine_or_the_reference():
     model = tiny_model("gpt-pre")
     fast = shoshin.generate(model, [5, 6], 50, temperature=0)

@@ -31,6 +31,7 @@ class Int8Linear(nn.Module):
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
         self.register_buffer("weight", torch.round(w / scale[:, None]).to(torch.int8))  # (out, in)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
+        self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -42,7 +43,7 @@ class Int8Linear(nn.Module):
             # PyTorch's fused int8-weight kernel (no dequantized copy of the weight in memory);
             # its bf16 path is the fast one on CPU, so fp32 inputs are rounded to bf16 for it.
             bf16 = torch.bfloat16
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(bf16), self.weight, self.scale.to(bf16))
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(bf16), self.weight, self.scale_bf16)
             y = y.to(x.dtype)
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scale.to(x.dtype)

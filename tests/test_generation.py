@@ -245,6 +245,40 @@ def test_bf16_and_int8_models_track_the_fp32_model(kind):
         prepare_for_inference(model, "fp8")
 
 
+def test_reduced_precision_uses_this_cpus_fast_kernels_and_every_fallback_agrees(monkeypatch):
+    """int8 runs FBGEMM's int8 kernels on x86 and bf16 oneDNN's packed weights where the CPU has
+    bf16 instructions; the fallbacks (PyTorch's int8-weight kernel, plain bf16 Linear) agree with
+    fp32 within the same tolerances (max |logit error| / max |logit| < 0.05)."""
+    import copy
+
+    from shoshin.generation import precision
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB)
+    model = build_model(config).eval()
+    x = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        ref = model(x)
+
+        def rel_err(m):
+            return float((m(x).float() - ref).abs().max() / ref.abs().max())
+
+        int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
+        head = int8.lm_head
+        assert (head.packed is not None) == precision.fbgemm_int8_available()
+        assert rel_err(int8) < 0.05
+        bf16 = prepare_for_inference(copy.deepcopy(model), "bf16")
+        packed = isinstance(bf16.lm_head, precision.PackedLinear)
+        assert packed == precision.cpu_has_bf16_matmul()
+        assert rel_err(bf16) < 0.05
+        monkeypatch.setattr(precision, "fbgemm_int8_available", lambda: False)
+        monkeypatch.setattr(precision, "cpu_has_bf16_matmul", lambda: False)
+        plain_int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
+        assert plain_int8.lm_head.packed is None and rel_err(plain_int8) < 0.05
+        plain_bf16 = prepare_for_inference(copy.deepcopy(model), "bf16")
+        assert isinstance(plain_bf16.lm_head, torch.nn.Linear) and rel_err(plain_bf16) < 0.05
+
+
 # -- text at the edges ------------------------------------------------------------------------
 
 TEXT = "Hello 世界! Emoji 🎉🐍 and naïve café, 日本語のテキスト 👩‍💻."

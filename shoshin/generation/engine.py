@@ -183,16 +183,16 @@ class Batch:
         if not busy:
             return
         n = busy[-1] + 1
-        tokens = torch.zeros(n, 1, dtype=torch.long, device=self.engine.device)
-        for b in range(n):
+        ids, window, lengths = [0] * n, self.cache.max_len, self.cache.lengths.tolist()
+        for b in range(n):  # plain Python per row: no tensor operation per row
             g = self.rows[b]
             if g is None:
                 self.cache.reset(b)
             else:
-                tokens[b, 0] = g.history.ids[-1]
-                window = self.cache.max_len
-                if window is not None and int(self.cache.lengths[b]) >= window:
+                ids[b] = g.history.ids[-1]
+                if window is not None and lengths[b] >= window:
                     self._refill(b)
+        tokens = torch.tensor(ids, dtype=torch.long).view(n, 1).to(self.engine.device)
         logits = self.model(tokens, cache=self.cache.rows(0, n))[:, -1, :]  # (n, vocab)
         for b in range(n):
             if self.rows[b] is None:

@@ -190,14 +190,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from shoshin.evaluation.record import read_records
+
     run = resolve_run(args.run, runs_root(args.runs_dir))
     manifest = run.manifest
     manifest["status"] = effective_status(manifest)
     metrics = run.metrics()
+    records = read_records(run.path)
     if args.json:
         print(
             json.dumps(
-                {"manifest": manifest, "config": run.config.to_dict(), "metrics": metrics}, indent=2
+                {
+                    "manifest": manifest,
+                    "config": run.config.to_dict(),
+                    "metrics": metrics,
+                    "eval": [asdict(r) for r in records],
+                },
+                indent=2,
             )
         )
         return 0
@@ -253,6 +264,19 @@ def cmd_show(args: argparse.Namespace) -> int:
                     f"{r['train_loss']:.4f}" if "train_loss" in r else "-",
                 ]
                 for r in evals[-10:]
+            ],
+        )
+    if records:
+        print("eval (shoshin eval; eval/ folder):")
+        print_table(
+            ["  record", "checkpoint", "metrics"],
+            [
+                [
+                    f"  {r.name}",
+                    r.checkpoint or "-",
+                    ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items()),
+                ]
+                for r in records
             ],
         )
     return 0
@@ -445,6 +469,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         chat=args.chat,
         data=args.data,
         max_documents=args.max_documents,
+        max_tokens=args.max_tokens or None,
         against=against,
         params=_sampling_params(args),
         prompts=args.prompts,
@@ -663,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=200,
         help="held-out conversations (or texts) to score, the first N (default 200)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32_768,
+        help="of the run's validation split, at most this many tokens (0: no limit)",
     )
     p.add_argument(
         "--against", metavar="RUN_B", help="compare with another run on the same held-out chats"

@@ -17,6 +17,7 @@ from shoshin.data.tokenizers import Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.evaluation.heldout import (
     MAX_DOCUMENTS,
+    MAX_TOKENS,
     Document,
     HeldOutScores,
     documents_from_tokens,
@@ -56,10 +57,15 @@ def load_subject(src: str, checkpoint: str = "latest", runs_dir: str | None = No
 
 
 def heldout_documents(
-    subject: Subject, data: str | None = None, limit: int = MAX_DOCUMENTS, log: Log = print
+    subject: Subject,
+    data: str | None = None,
+    limit: int = MAX_DOCUMENTS,
+    max_tokens: int | None = MAX_TOKENS,
+    log: Log = print,
 ) -> tuple[list[Document], str]:
     """The documents to score and where they come from: the first `limit` documents of `data`
-    (a source `data.source` accepts), else of the run's validation split."""
+    (a source `data.source` accepts), else of the run's validation split (up to `max_tokens`
+    of its tokens, as at the end of training)."""
     if data is not None:
         from shoshin.data.sources import load_corpus
 
@@ -78,7 +84,7 @@ def heldout_documents(
     if pretrained is not None and not isinstance(pretrained, BpeTokenizer):
         raise ShoshinError(f"run {subject.name} has no BPE tokenizer to re-read its data with")
     data_ = prepare_data(config, log=log, tokenizer=pretrained)
-    docs = documents_from_tokens(data_.tokenizer, data_.val.tokens, limit)
+    docs = documents_from_tokens(data_.tokenizer, data_.val.tokens, limit, max_tokens)
     return docs, f"{len(docs)} validation documents of {config.source}"
 
 
@@ -125,7 +131,7 @@ def heldout_at_end_of_training(model: nn.Module, data: Any, run: Run, log: Log =
     from shoshin.training.checkpoint import read_index
 
     try:
-        docs = documents_from_tokens(data.tokenizer, data.val.tokens, MAX_DOCUMENTS)
+        docs = documents_from_tokens(data.tokenizer, data.val.tokens)
         scores = score_documents(model, data.tokenizer, docs)
     except ShoshinError as exc:
         log(f"held-out scores skipped: {exc}")
@@ -150,6 +156,7 @@ def evaluate(
     chat: bool = False,
     data: str | None = None,
     max_documents: int = MAX_DOCUMENTS,
+    max_tokens: int | None = MAX_TOKENS,
     against: Subject | None = None,
     params: Any = None,
     prompts: int = 20,
@@ -165,7 +172,7 @@ def evaluate(
             subject, against, data, max_documents, params, prompts, out, command, log
         )
     elif has_data:
-        docs, source = heldout_documents(subject, data, max_documents, log)
+        docs, source = heldout_documents(subject, data, max_documents, max_tokens, log)
         scores = score_documents(subject.model, subject.tokenizer, docs)
         log(format_heldout(scores, source))
         records.append((heldout_record(scores, source, subject.checkpoint, command), None))
@@ -229,11 +236,11 @@ def _task_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _pairwise(subject, against, data, max_documents, params, prompts, out, command, log):
+def _pairwise(subject, against, data, limits, params, prompts, out, command, log):
     from shoshin.evaluation.pairwise import Contestant, compare_pair, to_markdown
     from shoshin.runs.files import atomic_write_text
 
-    docs, source = heldout_documents(subject, data, max_documents, log)
+    docs, source = heldout_documents(subject, data, *limits, log=log)
     result = compare_pair(
         Contestant(subject.name, subject.model, subject.tokenizer),
         Contestant(against.name, against.model, against.tokenizer),

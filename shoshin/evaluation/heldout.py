@@ -29,17 +29,24 @@ from shoshin.errors import ShoshinError
 from shoshin.generation.engine import Engine
 from shoshin.generation.sampling import SamplingParams
 
-MAX_DOCUMENTS = 200  # validation documents scored by default: seconds on a CPU for a small model
+# Scored by default (the first validation documents up to both limits): seconds on a CPU for a
+# small model, so that training can end with them.
+MAX_DOCUMENTS = 200
+MAX_TOKENS = 32_768
 LOGIT_BUDGET = 2**25  # floats of logits one scoring pass may hold (rows x tokens x vocabulary)
 
 Document = list[dict[str, str]] | str  # a conversation (messages) or a text
 
 
 def documents_from_tokens(
-    tokenizer: Tokenizer, tokens: Sequence[int] | np.ndarray, limit: int | None = None
+    tokenizer: Tokenizer,
+    tokens: Sequence[int] | np.ndarray,
+    limit: int | None = MAX_DOCUMENTS,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> list[Document]:
     """The documents of a tokenized split, as shoshin.data.dataset writes them (each followed by
-    `<|endoftext|>`): conversations as lists of messages, texts as strings; the first `limit`."""
+    `<|endoftext|>`): conversations as lists of messages, texts as strings. The first `limit`
+    documents, fewer where they would hold more than `max_tokens` tokens (never fewer than one)."""
     specials = tokenizer.special_tokens
     if EOT not in specials:
         raise ShoshinError(
@@ -53,6 +60,8 @@ def documents_from_tokens(
     start = 0
     for stop in ends.tolist():
         if limit is not None and len(docs) >= limit:
+            break
+        if max_tokens is not None and docs and stop > max_tokens:
             break
         segment = tokens[start:stop].tolist()
         start = stop + 1

@@ -83,14 +83,24 @@ def read_records(run_path: Path) -> list[EvalRecord]:
     return records
 
 
-def eval_metrics(run_path: Path) -> dict[str, float]:
-    """All recorded evaluation numbers of a run as `<record>.<metric>`, e.g. `heldout.loss`."""
-    return {
+HEADLINE = ("heldout.loss", "heldout.bits_per_byte")  # what leaderboards show of held-out scores
+
+
+def eval_metrics(run_path: Path, headline: bool = False) -> dict[str, float]:
+    """All recorded evaluation numbers of a run as `<record>.<metric>`, e.g. `heldout.loss`.
+
+    headline=True keeps what a leaderboard shows: the held-out loss and bits per byte and every
+    harness metric (not the per-role details nor pairwise results, which name another run).
+    """
+    out = {
         f"{r.name}.{k}": v
         for r in read_records(run_path)
         for k, v in r.metrics.items()
         if math.isfinite(v)
     }
+    if headline:
+        out = {k: v for k, v in out.items() if k in HEADLINE or k.startswith("lm-eval.")}
+    return out
 
 
 def mirror_to_mlflow(run: Any, paths: list[Path], log: Callable[[str], None] = print) -> None:

@@ -168,9 +168,8 @@ def evaluate(
     records: list[tuple[EvalRecord, list[dict] | None]] = []
     has_data = data is not None or subject.run is not None
     if against is not None:
-        records += _pairwise(
-            subject, against, data, max_documents, params, prompts, out, command, log
-        )
+        limits = (max_documents, max_tokens)
+        records += _pairwise(subject, against, data, limits, params, prompts, out, command, log)
     elif has_data:
         docs, source = heldout_documents(subject, data, max_documents, max_tokens, log)
         scores = score_documents(subject.model, subject.tokenizer, docs)

@@ -223,6 +223,11 @@ def test_tokenizer_endpoints_answer_what_the_remote_tokenizer_asks(char_run):
         assert remote.decode(tok.encode("hi there")) == "hi there"
         info = httpx.get(f"{url}/tokenizer_info").json()
         assert info["model_max_length"] == 64 and "<|assistant|>" in info["chat_template"]
+        # /tokenize reads special-token names as vLLM does; completions take text as text
+        names = httpx.post(f"{url}/tokenize", json={"prompt": f"hi{EOT}"}).json()["tokens"]
+        assert names == [*tok.encode("hi"), tok.special_tokens[EOT]]
+        long = httpx.post(f"{url}/v1/completions", json={"prompt": [1] * 65, "max_tokens": 1})
+        assert long.status_code == 400 and "max_length=64" in long.json()["error"]["message"]
 
 
 def test_missing_or_broken_harness_is_a_one_line_error(char_run, tmp_path, monkeypatch, capsys):

@@ -415,7 +415,8 @@ class Server:
                 raise APIError(
                     400,
                     f"the prompt is {len(ids)} tokens; this model's context window is "
-                    f"{self.context} tokens",
+                    f"{self.context} tokens (lm_eval cuts prompts itself when given "
+                    f"max_length={self.context} in --model_args)",
                     param="prompt",
                     code="context_length_exceeded",
                 )

@@ -74,7 +74,8 @@ class PairwiseResult:
             "losses": self.losses,
             "ties": self.ties,
             "replies": self.replies,
-            **({"bits_per_byte_delta": b["bits_per_byte"] - a["bits_per_byte"]}
+            # bits per byte the first model saves on the held-out replies (positive: it is better)
+            **({"bits_per_byte_saved": b["bits_per_byte"] - a["bits_per_byte"]}
                if "bits_per_byte" in a and "bits_per_byte" in b else {}),
         }  # fmt: skip
 

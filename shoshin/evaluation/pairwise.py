@@ -201,10 +201,10 @@ def to_markdown(result: PairwiseResult) -> str:
         lines += [f"## {i}", ""]
         for m in ex.history:
             lines += [f"**{m['role']}**", "", _quote(m["content"]), ""]
-        better = a if ex.loglik[0] > ex.loglik[1] else b
+        la, lb = ex.loglik
+        verdict = "a tie" if abs(la - lb) <= TIE else f"more likely under {a if la > lb else b}"
         lines += [
-            f"**reference reply** (log-likelihood {a}: {ex.loglik[0]:.2f}, {b}: {ex.loglik[1]:.2f}; "
-            f"more likely under {better})",
+            f"**reference reply** (log-likelihood {a}: {la:.2f}, {b}: {lb:.2f}; {verdict})",
             "",
             _quote(ex.reference),
             "",

@@ -108,10 +108,12 @@ def mirror_to_mlflow(run: Any, paths: list[Path], log: Callable[[str], None] = p
 
     The metrics are logged as `eval.<record>.<metric>` at the evaluated checkpoint's step.
     """
+    from shoshin.errors import ShoshinError
+
     recorded = run.manifest.get("mlflow") or {}
     try:
         tracking = run.config.tracking
-    except Exception:
+    except ShoshinError:  # no readable config: nothing says where to mirror
         return
     if not tracking.mlflow or not recorded.get("run_id"):
         return

@@ -205,14 +205,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from shoshin.evaluation.record import read_records
+
     run = resolve_run(args.run, runs_root(args.runs_dir))
     manifest = run.manifest
     manifest["status"] = effective_status(manifest)
     metrics = run.metrics()
+    records = read_records(run.path)
     if args.json:
         print(
             json.dumps(
-                {"manifest": manifest, "config": run.config.to_dict(), "metrics": metrics}, indent=2
+                {
+                    "manifest": manifest,
+                    "config": run.config.to_dict(),
+                    "metrics": metrics,
+                    "eval": [asdict(r) for r in records],
+                },
+                indent=2,
             )
         )
         return 0
@@ -272,6 +283,19 @@ def cmd_show(args: argparse.Namespace) -> int:
                     f"{r['train_loss']:.4f}" if "train_loss" in r else "-",
                 ]
                 for r in evals[-10:]
+            ],
+        )
+    if records:
+        print("eval (shoshin eval; eval/ folder):")
+        print_table(
+            ["  record", "checkpoint", "metrics"],
+            [
+                [
+                    f"  {r.name}",
+                    r.checkpoint or "-",
+                    ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items()),
+                ]
+                for r in records
             ],
         )
     return 0
@@ -466,6 +490,41 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shoshin.evaluation.evaluate import evaluate, load_subject
+
+    if args.limit is not None and args.limit <= 0:
+        raise ShoshinError("--limit must be positive (a count, or a fraction below 1)")
+    if args.max_documents < 1:
+        raise ShoshinError("--max-documents must be at least 1")
+    subject = load_subject(args.run, args.checkpoint, args.runs_dir)
+    against = load_subject(args.against, "latest", args.runs_dir) if args.against else None
+    tasks = [t.strip() for value in args.tasks for t in value.split(",") if t.strip()]
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    records = evaluate(
+        subject,
+        ["shoshin", *sys.argv[1:]],
+        tasks=tasks,
+        include_path=args.include_path,
+        limit=int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit,
+        num_fewshot=args.num_fewshot,
+        chat=args.chat,
+        data=args.data,
+        max_documents=args.max_documents,
+        max_tokens=args.max_tokens or None,
+        against=against,
+        params=_sampling_params(args),
+        prompts=args.prompts,
+        out=args.out,
+        log=log,
+    )
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in records], indent=2))
+    return 0
+
+
 def cmd_bench_matrix(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -628,6 +687,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_precision_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="score a model: held-out chat scores, lm-evaluation-harness tasks, pairwise",
+        description="Held-out scores of the validation conversations (no extra needed), "
+        "lm-evaluation-harness tasks (--tasks; pip install 'shoshin[eval]') and a judge-free "
+        "comparison with another run (--against); recorded in the run's eval/ folder.",
+    )
+    p.add_argument(
+        "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        help="lm-evaluation-harness tasks (repeat or comma-separate: --tasks hellaswag,arc_easy)",
+    )
+    p.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAML files")
+    p.add_argument(
+        "--limit", type=float, help="at most N samples per task (a fraction below 1: that share)"
+    )
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (task default)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="generation tasks through /v1/chat/completions with the chat template",
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="held-out data to score instead of the run's validation split (e.g. a .jsonl chat)",
+    )
+    p.add_argument(
+        "--max-documents",
+        type=int,
+        default=200,
+        help="held-out conversations (or texts) to score, the first N (default 200)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32_768,
+        help="of the run's validation split, at most this many tokens (0: no limit)",
+    )
+    p.add_argument(
+        "--against", metavar="RUN_B", help="compare with another run on the same held-out chats"
+    )
+    p.add_argument(
+        "--prompts", type=int, default=20, help="with --against: prompts both models answer"
+    )
+    p.add_argument(
+        "--out", metavar="FILE.md", help="with --against: where to write the replies side by side"
+    )
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_sampling_options(p)
+    p.set_defaults(func=cmd_eval, max_new_tokens=64, temperature=0.8, top_k=50, seed=0)
 
     p = sub.add_parser(
         "estimate", help="parameters, FLOPs, memory and predicted time before training"

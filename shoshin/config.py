@@ -23,7 +23,7 @@ from shoshin.errors import ShoshinError
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt"  # gpt | lstm
+    arch: str = "gpt"  # a name in shoshin.models.ARCHITECTURES: gpt | lstm
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -37,7 +37,9 @@ class ModelConfig:
     vocab_size: int = 0  # set from the tokenizer when training starts
 
     def validate(self) -> None:
-        _choice("model.arch", self.arch, ("gpt", "lstm"))
+        from shoshin.models import architecture  # the registry of known architectures
+
+        architecture(self.arch)
         _choice("model.norm", self.norm, ("pre", "post"))
         _choice("model.activation", self.activation, ("gelu", "gelu_tanh"))
         for name in ("n_layer", "n_embd", "block_size"):
@@ -53,7 +55,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "chitchat"  # a .txt file or folder, a .jsonl chat file, or chitchat
+    source: str = "chitchat"  # .txt file or folder, .jsonl chat file, chitchat, hf:NAME, hf:/folder
+    hf_split: str = "train"  # hf: sources: the split to read (slices such as train[:10%] too)
+    hf_column: str = ""  # hf: sources: a text or OpenAI-format messages column; "" = detect
+    hf_revision: str = ""  # hf: hub datasets: a branch, tag or commit; "" = the newest
     tokenizer: str = "bpe"  # char | bpe | pretrained (the checkpoint's; set by shoshin finetune)
     vocab_size: int = 2048  # bpe only
     val_fraction: float = 0.1

@@ -31,7 +31,8 @@ from shoshin.data.dataset import (
     get_batch,
     prepare_data,
 )
-from shoshin.models import build_model, count_parameters
+from shoshin.models import architecture, build_model, count_parameters
+from shoshin.progress import SlowWork, format_seconds
 from shoshin.training.optim import make_optimizer
 
 FLOAT32 = 4
@@ -63,11 +64,9 @@ class Estimate:
 
 
 def flops_per_token(config: ModelConfig, matmul_params: int) -> tuple[float, float]:
-    """(training FLOPs per token, the attention part of it) for a model of this shape."""
-    attention = 12.0 * config.n_layer * config.n_embd * config.block_size
-    if config.arch != "gpt":
-        attention = 0.0  # an LSTM has no attention; its recurrent matmuls are in N
-    return 6.0 * matmul_params + attention, attention
+    """(training FLOPs per token, the part of it that is not 6N) for a model of this shape."""
+    extra = architecture(config.arch).extra_flops_per_token(config)
+    return 6.0 * matmul_params + extra, extra
 
 
 def matmul_parameters(model: nn.Module) -> int:
@@ -79,37 +78,17 @@ def matmul_parameters(model: nn.Module) -> int:
 def activation_bytes(config: ModelConfig, batch_size: int, dtype: str = "float32") -> int:
     """Tensors kept for the backward pass of one micro-batch (B = batch_size, T = block_size).
 
-    GPT, per layer, in units of B*T*C values: the block input, ln_1 output, q/k/v (3), attention
-    output and its re-assembled copy (2), the residual sum, ln_2 output, MLP hidden before and
-    after GELU (4 + 4): 17. Attention here is a fused kernel that keeps no T x T matrix, unless
-    dropout is on (then the probabilities and the dropout mask are kept). Around the blocks: the
-    embeddings and final LayerNorm (3 B*T*C) and the logits, their log-softmax and their gradient
-    (3 B*T*V, always in float32 for the loss). LSTM, per layer: its input plus the workspace of
-    PyTorch's fused LSTM kernel (gates, cell states and more; measured at about 16 B*T*C on CPU).
+    The model's own activations (counted by its registry entry, in the training dtype) plus the
+    logits, their log-softmax and their gradient (3 B*T*V, always in float32 for the loss).
     """
-    B, T, C, V, L = (
-        batch_size,
-        config.block_size,
-        config.n_embd,
-        config.vocab_size,
-        config.n_layer,
-    )
     width = 2 if dtype == "bfloat16" else FLOAT32
-    if config.arch == "gpt":
-        per_layer = 17 * B * T * C
-        if config.dropout > 0:
-            per_layer += 2 * B * config.n_head * T * T
-        body = L * per_layer + 3 * B * T * C
-    else:
-        body = L * 17 * B * T * C + B * T * C
-    return body * width + 3 * B * T * V * FLOAT32
+    body = architecture(config.arch).activation_values(config, batch_size)
+    return body * width + 3 * batch_size * config.block_size * config.vocab_size * FLOAT32
 
 
 def kv_cache_bytes(config: ModelConfig, batch_size: int = 1) -> int:
     """Inference cache at full context: keys and values of every layer (GPT), or the LSTM state."""
-    if config.arch == "gpt":
-        return 2 * config.n_layer * batch_size * config.block_size * config.n_embd * FLOAT32
-    return 2 * config.n_layer * batch_size * config.n_embd * FLOAT32
+    return architecture(config.arch).cache_values(config, batch_size) * FLOAT32
 
 
 def resident_bytes() -> int:
@@ -152,7 +131,12 @@ def memory_estimate(
 
 
 def calibrate(
-    config: Config, data: PreparedData, device: torch.device, steps: int = 5, warmup: int = 2
+    config: Config,
+    data: PreparedData,
+    device: torch.device,
+    steps: int = 5,
+    warmup: int = 2,
+    log=print,
 ) -> tuple[float, float]:
     """Seconds per optimizer step and per evaluation batch, timed on a fresh copy of the model.
 
@@ -187,21 +171,25 @@ def calibrate(
             with autocast:
                 model(x.to(device), y.to(device)).item()
 
-        step_s = _timed(step, steps, warmup, device)
+        what = f"calibrating the time estimate ({warmup + steps} training steps on this machine)"
+        progress = SlowWork(what, warmup + 2 * steps + 1, log)
+        step_s = _timed(step, steps, warmup, device, progress)
         model.eval()
-        eval_s = _timed(eval_batch, steps, 1, device)
+        eval_s = _timed(eval_batch, steps, 1, device, progress)
     return step_s, eval_s
 
 
-def _timed(fn, repeats: int, warmup: int, device: torch.device) -> float:
+def _timed(fn, repeats: int, warmup: int, device: torch.device, progress: SlowWork) -> float:
     """Mean seconds per call after `warmup` untimed calls (the first ones pay for allocation)."""
     for _ in range(warmup):
         fn()
+        progress.advance()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+        progress.advance()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / repeats
@@ -250,7 +238,7 @@ def estimate(
         memory=memory_estimate(config, params, data, max(runtime, 0)),
     )
     if calibration_steps > 0:
-        step_s, eval_s = calibrate(config, data, device, steps=calibration_steps)
+        step_s, eval_s = calibrate(config, data, device, steps=calibration_steps, log=log)
         train_s = tc.max_steps * step_s
         if tc.max_minutes:
             train_s = min(train_s, tc.max_minutes * 60)
@@ -280,15 +268,6 @@ def _si(value: float, unit: str = "") -> str:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
-
-
-def format_seconds(seconds: float) -> str:
-    """1.5 -> '1.5s', 95 -> '1m35s', 4000 -> '1h06m'."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-    return f"{int(seconds) // 3600}h{int(seconds) % 3600 // 60:02d}m"
 
 
 def format_estimate(est: Estimate) -> str:

@@ -23,6 +23,7 @@ OVERRIDES = [
     "train.eval_iters=2",
     "train.checkpoint_interval=4",
     "train.sample_tokens=0",
+    "train.calibrate=false",
 ]
 
 

@@ -18,6 +18,7 @@ everything here is a no-op for a single process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -32,6 +33,15 @@ import torch.distributed as dist
 from shoshin.errors import ShoshinError
 
 T = TypeVar("T")
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device for train.device: auto (CUDA when there is a GPU, else CPU), cpu or cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
+    return torch.device(name)
 
 
 class RankTerminated(ShoshinError):
@@ -107,6 +117,19 @@ class DistContext:
     def _comm_device(self) -> torch.device:
         # NCCL only moves CUDA tensors; gloo moves CPU tensors.
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def rank_zero_only(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Run a method only on rank 0, the one process that writes the run directory.
+
+    For methods of an object holding its DistContext as `self.dist`; other ranks get None.
+    """
+
+    @functools.wraps(method)
+    def on_rank_zero(self: Any, *args: Any, **kwargs: Any) -> T | None:
+        return method(self, *args, **kwargs) if self.dist.is_main else None
+
+    return on_rank_zero
 
 
 def under_torchrun() -> bool:

@@ -32,7 +32,7 @@ def setting(default: Any, help: str, minimum: float | None = None) -> Any:
 class ModelConfig:
     """The network: which architecture and what shape."""
 
-    arch: str = setting("gpt", "architecture: gpt (a Transformer) or lstm")
+    arch: str = setting("gpt", "architecture, a name in shoshin.models.ARCHITECTURES: gpt or lstm")
     n_layer: int = setting(4, "Transformer blocks or LSTM layers", minimum=1)
     n_head: int = setting(4, "attention heads (gpt); n_embd must be a multiple of it")
     n_embd: int = setting(128, "width: embedding and hidden size", minimum=1)
@@ -50,8 +50,9 @@ class ModelConfig:
     vocab_size: int = setting(0, "set from the tokenizer when training starts", minimum=0)
 
     def validate(self) -> None:
-        if self.arch not in ("gpt", "lstm"):
-            raise ShoshinError(f"model.arch must be one of gpt, lstm; got {self.arch!r}")
+        from shoshin.models import architecture  # the registry of known architectures
+
+        architecture(self.arch)
         if self.arch == "gpt" and (self.n_head < 1 or self.n_embd % self.n_head):
             raise ShoshinError(
                 f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})"

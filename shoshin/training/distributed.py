@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import signal
 import subprocess
@@ -147,6 +148,13 @@ def init_distributed(device: torch.device) -> DistContext:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # DDP imports torch._dynamo (and with it torch._inductor) when it is built; imported
+        # while a process group exists, they keep a reference to it, so destroy_process_group()
+        # cannot free it and gloo's threads live on into interpreter teardown, where they
+        # sometimes abort the process ("terminate called without an active exception",
+        # SIGABRT; torchrun then fails the job). Imported before the group exists, they do not.
+        importlib.import_module("torch._dynamo")
+
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         signal.signal(signal.SIGTERM, _raise_terminated)

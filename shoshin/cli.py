@@ -135,6 +135,7 @@ def _default(value: object) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from shoshin.runs.report import format_runs, runs_json, summarize
+    from shoshin.runs.store import TRAINING_KINDS, latest_run
 
     root = runs_root(args.runs_dir)
     summaries = [summarize(r) for r in all_runs(root)]
@@ -143,19 +144,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif not summaries:
         print(f"no runs in {root} yet; try: shoshin train tiny")
     else:
-        print(format_runs(summaries))
+        trained = any(s.kind in TRAINING_KINDS for s in summaries)
+        print(format_runs(summaries, latest_run(root).id if trained else None))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from shoshin.evaluation.record import read_records
     from shoshin.runs.report import format_show, show_json
 
     run = resolve_run(args.run, runs_root(args.runs_dir))
     manifest, config, metrics = run.manifest, run.config, run.metrics()
+    records = read_records(run.path)
     if args.json:
-        print(json.dumps(show_json(run, manifest, config, metrics), indent=2))
+        print(json.dumps(show_json(run, manifest, config, metrics, records), indent=2))
     else:
-        print(format_show(run, manifest, config, metrics))
+        print(format_show(run, manifest, config, metrics, records))
     return 0
 
 
@@ -226,11 +230,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation import Engine
     from shoshin.generation.chat import ChatSession, run_terminal_chat
+    from shoshin.loading import resolve_source
+    from shoshin.runs.store import Run
 
+    source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
-    print(f"chatting with {args.run} ({model.config.arch}, context {window or 'unlimited'} tokens)")
+    name = source.id if isinstance(source, Run) else source
+    print(f"chatting with {name} ({model.config.arch}, context {window or 'unlimited'} tokens)")
     run_terminal_chat(session)
     return 0
 
@@ -242,6 +250,25 @@ def _load_for_inference(args: argparse.Namespace):
 
     model, tok = load(args.run, args.checkpoint, args.runs_dir)  # a run or an HF checkpoint
     return prepare_for_inference(model, args.dtype, args.quantize), tok
+
+
+def _add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --quantize, with what is fastest on this CPU (shoshin.generation.precision)."""
+    from shoshin.generation.precision import fastest_on_this_cpu
+
+    fastest = fastest_on_this_cpu().replace("%", "%%")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help=f"weights and activations (fp32 is exact: it equals --no-cache); {fastest}",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+    )
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -303,7 +330,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
     )
-    serve(load_app(args.run, config, args.checkpoint, args.runs_dir), args.host, args.port)
+    app = load_app(args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize)
+    serve(app, args.host, args.port)
     return 0
 
 
@@ -332,6 +360,41 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     )
     print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.rule})")
     print(f"plot: {result.plot}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shoshin.evaluation.evaluate import evaluate, load_subject
+
+    if args.limit is not None and args.limit <= 0:
+        raise ShoshinError("--limit must be positive (a count, or a fraction below 1)")
+    if args.max_documents < 1:
+        raise ShoshinError("--max-documents must be at least 1")
+    subject = load_subject(args.run, args.checkpoint, args.runs_dir)
+    against = load_subject(args.against, "latest", args.runs_dir) if args.against else None
+    tasks = [t.strip() for value in args.tasks for t in value.split(",") if t.strip()]
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    records = evaluate(
+        subject,
+        command_line(args),
+        tasks=tasks,
+        include_path=args.include_path,
+        limit=int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit,
+        num_fewshot=args.num_fewshot,
+        chat=args.chat,
+        data=args.data,
+        max_documents=args.max_documents,
+        max_tokens=args.max_tokens or None,
+        against=against,
+        params=_sampling_params(args),
+        prompts=args.prompts,
+        out=args.out,
+        log=log,
+    )
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in records], indent=2))
     return 0
 
 
@@ -439,12 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     generation = argparse.ArgumentParser(add_help=False)
     _add_sampling_options(generation)
     generation.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
-    generation.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and activations"
-    )
-    generation.add_argument(
-        "--quantize", choices=["int8"], default=None, help="int8 weight-only quantization"
-    )
+    _add_precision_options(generation)
 
     p = sub.add_parser("sample", parents=[common, generation], help="generate text from a run")
     p.add_argument(
@@ -492,7 +550,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )
+    _add_precision_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="score a model: held-out chat scores, lm-evaluation-harness tasks, pairwise",
+        description="Held-out scores of the validation conversations (no extra needed), "
+        "lm-evaluation-harness tasks (--tasks; pip install 'shoshin[eval]') and a judge-free "
+        "comparison with another run (--against); recorded in the run's eval/ folder.",
+    )
+    p.add_argument(
+        "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        help="lm-evaluation-harness tasks (repeat or comma-separate: --tasks hellaswag,arc_easy)",
+    )
+    p.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAML files")
+    p.add_argument(
+        "--limit", type=float, help="at most N samples per task (a fraction below 1: that share)"
+    )
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (task default)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="generation tasks through /v1/chat/completions with the chat template",
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="held-out data to score instead of the run's validation split (e.g. a .jsonl chat)",
+    )
+    p.add_argument(
+        "--max-documents",
+        type=int,
+        default=200,
+        help="held-out conversations (or texts) to score, the first N (default 200)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32_768,
+        help="of the run's validation split, at most this many tokens (0: no limit)",
+    )
+    p.add_argument(
+        "--against", metavar="RUN_B", help="compare with another run on the same held-out chats"
+    )
+    p.add_argument(
+        "--prompts", type=int, default=20, help="with --against: prompts both models answer"
+    )
+    p.add_argument(
+        "--out", metavar="FILE.md", help="with --against: where to write the replies side by side"
+    )
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_sampling_options(p)
+    p.set_defaults(func=cmd_eval, max_new_tokens=64, temperature=0.8, top_k=50, seed=0)
 
     p = sub.add_parser(
         "estimate", help="parameters, FLOPs, memory and predicted time before training"

@@ -66,8 +66,14 @@ class DataConfig:
     """The corpus, its tokenizer and its train/validation split."""
 
     source: str = setting(
-        "chitchat", "a .txt file or folder, a .jsonl chat file, chitchat, or hf:NAME"
+        "chitchat",
+        "a .txt file or folder, a .jsonl chat file, chitchat, hf:NAME or hf:/folder",
     )
+    hf_split: str = setting("train", "hf: sources: the split to read (slices like train[:10%] too)")
+    hf_column: str = setting(
+        "", "hf: sources: a text or OpenAI-format messages column; empty = detect it"
+    )
+    hf_revision: str = setting("", "hf: hub datasets: a branch, tag or commit; empty = the newest")
     tokenizer: Literal["char", "bpe", "pretrained"] = setting(
         "bpe",
         "char, bpe (trained on the corpus), or pretrained (set by shoshin finetune)",

@@ -198,7 +198,10 @@ def compare_code(runs: list[Run], manifests: list[Manifest]) -> dict[str, Any]:
 
 
 def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
-    """The headline numbers of a run: final and best val loss, steps, tokens/s, duration."""
+    """The headline numbers of a run: final and best val loss, steps, tokens/s, duration, and
+    every recorded evaluation (`eval`: `heldout.loss`, `lm-eval.<task>.acc`, ...)."""
+    from shoshin.evaluation.record import eval_metrics
+
     rows = run.metrics()
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
@@ -210,6 +213,7 @@ def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
         "steps": m.steps or max((r["step"] for r in rows), default=0),
         "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "duration_seconds": m.elapsed_seconds,
+        "eval": eval_metrics(run.path),
     }
 
 
@@ -228,6 +232,8 @@ def compare_runs(runs: list[Run]) -> dict[str, Any]:
         for key in ("final_val_loss", "best_val_loss", "tokens_per_sec", "duration_seconds"):
             first = metrics[0][key]
             row[f"delta_{key}"] = None if row[key] is None or first is None else row[key] - first
+        base = metrics[0]["eval"]
+        row["delta_eval"] = {k: v - base[k] for k, v in row["eval"].items() if k in base}
     return {
         "runs": [r.id for r in runs],
         "config": _differing(_by_key([r.config.to_dict() for r in runs])),

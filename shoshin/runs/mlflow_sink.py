@@ -176,7 +176,7 @@ def open_mirror(
     recorded = run.manifest.mlflow
     try:
         client, experiment_id = open_store(tracking.mlflow_uri, tracking.mlflow_experiment)
-        if recorded is not None and recorded.uri == tracking.mlflow_uri:
+        if recorded is not None and recorded.run_id and recorded.uri == tracking.mlflow_uri:
             # A resumed run continues its MLflow run rather than starting a second one.
             client.update_run(recorded.run_id, status="RUNNING")
             return MlflowMirror(client, recorded.run_id, run, log)

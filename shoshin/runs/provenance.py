@@ -303,4 +303,5 @@ def data_record(data: Any, cfg: Any) -> DataRecord:
         documents=meta["documents"],
         tokens=meta["tokens"],
         overlap=meta.get("overlap") or {},
+        hf=meta.get("hf"),
     )

@@ -44,7 +44,7 @@ class DamagedRecord(ShoshinError):
 class UntrackedFile:
     """A file git does not track, as it was when the run started."""
 
-    path: str
+    path: str = ""
     sha256: str | None = None
     size: int | None = None
     saved: bool = False  # copied under code/<label>-untracked/
@@ -68,8 +68,8 @@ class GitState:
 
 @dataclass
 class ConfigFile:
-    path: str
-    sha256: str
+    path: str = ""
+    sha256: str = ""
 
 
 @dataclass
@@ -126,6 +126,7 @@ class DataRecord:
     documents: dict[str, int] = field(default_factory=dict)  # train / val
     tokens: dict[str, int] = field(default_factory=dict)  # train / val
     overlap: dict[str, Any] = field(default_factory=dict)  # see shoshin.data.leakage
+    hf: dict[str, Any] | None = None  # an hf: dataset's name, revision, split, column ...
 
 
 @dataclass
@@ -157,8 +158,8 @@ class Estimate:
 class BaseModel:
     """The pretrained checkpoint a fine-tuning run started from."""
 
-    source: str  # as the user gave it: a hub id or a folder
-    weights_sha256: str
+    source: str = ""  # as the user gave it: a hub id or a folder
+    weights_sha256: str = ""
     path: str = ""
     model_type: str = ""
     weights: str = ""
@@ -169,7 +170,7 @@ class BaseModel:
 class Resume:
     """One `train --resume` of the run: where it picked up, when, with which code."""
 
-    step: int
+    step: int = 0
     time: str = ""
     code_fingerprint: str | None = None
 
@@ -178,8 +179,8 @@ class Resume:
 class MlflowLink:
     """Where the run is mirrored in MLflow (tracking.mlflow=true)."""
 
-    uri: str
-    run_id: str
+    uri: str = ""
+    run_id: str = ""
     experiment_id: str = ""
 
 
@@ -187,8 +188,8 @@ class MlflowLink:
 class MatrixCell:
     """The cell of a `shoshin bench matrix` this run trained."""
 
-    id: str
-    cell: str
+    id: str = ""
+    cell: str = ""
     arch: str = ""
     data: str = ""
 
@@ -197,9 +198,9 @@ class MatrixCell:
 class Reproduction:
     """The outcome of `shoshin reproduce`: `of` the original run, by the re-run `run`."""
 
-    reproduced: bool
-    steps: int
-    max_abs_delta: float
+    reproduced: bool = False
+    steps: int = 0
+    max_abs_delta: float = 0.0
     of: str = ""
     run: str = ""
     diverged_at: int | None = None
@@ -210,21 +211,22 @@ class Reproduction:
 class LrFindRecord:
     """The result of a `shoshin lr-find` range test."""
 
-    start_lr: float
-    end_lr: float
-    planned_steps: int
-    suggested_lr: float
-    rule: str
-    steepest_lr: float
-    min_smoothed_loss: float
-    smoothing: float
-    plot: str
+    start_lr: float = 0.0
+    end_lr: float = 0.0
+    planned_steps: int = 0
+    suggested_lr: float = 0.0
+    rule: str = ""
+    steepest_lr: float = 0.0
+    min_smoothed_loss: float = 0.0
+    smoothing: float = 0.0
+    plot: str = ""
     diverged_at_lr: float | None = None
 
 
 @dataclass
 class Manifest:
-    """A run's manifest.json. Every field has a default, so older manifests read as they are."""
+    """A run's manifest.json. Every field (of every section) has a default, so older or partial
+    manifests read as they are."""
 
     # identity and command
     id: str = ""

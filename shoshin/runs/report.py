@@ -14,8 +14,9 @@ from typing import Any
 
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
+from shoshin.evaluation.record import EvalRecord
 from shoshin.runs.record import DamagedRecord, Manifest, manifest_to_dict
-from shoshin.runs.store import Run, effective_status
+from shoshin.runs.store import TRAINING_KINDS, Run, effective_status, run_kind
 
 MAX_DIFF_LINES = 400  # of a code diff in compare's text view; --json has all of it
 
@@ -81,6 +82,8 @@ class RunSummary:
     path: str
     status: str  # a recorded status, "died", or "broken" (unreadable manifest: see error)
     name: str | None = None
+    kind: str | None = None  # train | finetune | reproduction | lr-find (None: broken)
+    reproduction_of: str | None = None
     arch: str | None = None
     params: int | None = None
     steps: int = 0
@@ -102,6 +105,8 @@ def summarize(run: Run) -> RunSummary:
         path=str(run.path),
         status=effective_status(m),
         name=m.name,
+        kind=run_kind(m),
+        reproduction_of=m.reproduction_of,
         arch=m.arch,
         params=m.params,
         steps=m.steps,
@@ -116,12 +121,14 @@ def runs_json(summaries: list[RunSummary]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(s) for s in summaries]
 
 
-def format_runs(summaries: list[RunSummary]) -> str:
-    """The `shoshin runs` table; an error column appears when some run failed or is broken."""
+def format_runs(summaries: list[RunSummary], latest: str | None = None) -> str:
+    """The `shoshin runs` table; an error column appears when some run failed or is broken, and
+    `latest` (the id `latest` names) is said below it."""
     rows = [
         [
             s.id,
             s.name or "-",
+            f"reproduces {s.reproduction_of}" if s.reproduction_of else s.kind or "-",
             s.arch or "-",
             fmt_params(s.params),
             str(s.steps),
@@ -131,32 +138,53 @@ def format_runs(summaries: list[RunSummary]) -> str:
         ]
         for s in summaries
     ]
-    headers = ["id", "name", "arch", "params", "steps", "best val", "status", "duration"]
+    headers = ["id", "name", "kind", "arch", "params", "steps", "best val", "status", "duration"]
     if any(s.error for s in summaries):  # why a run failed, in a last column
         headers.append("error")
         for row, s in zip(rows, summaries, strict=True):
             error = s.error or ""
             row.append(error if len(error) <= 70 else error[:67] + "...")
-    return "\n".join(table(headers, rows))
+    lines = table(headers, rows)
+    if latest:
+        lines += ["", f"latest = {latest} (the newest train or finetune run)"]
+    return "\n".join(lines)
 
 
 # -- shoshin show --------------------------------------------------------------------------
 
 
-def show_json(run: Run, m: Manifest, config: Config, metrics: list[dict]) -> dict[str, Any]:
-    """What `shoshin show --json` prints: the manifest (status as `runs` shows it), config, metrics."""
+def show_json(
+    run: Run, m: Manifest, config: Config, metrics: list[dict], records: list[EvalRecord]
+) -> dict[str, Any]:
+    """What `shoshin show --json` prints: the manifest (status as `runs` shows it), config,
+    metrics and the run's evaluation records."""
     manifest = {**manifest_to_dict(m), "status": effective_status(m)}
-    return {"manifest": manifest, "config": config.to_dict(), "metrics": metrics}
+    return {
+        "manifest": manifest,
+        "config": config.to_dict(),
+        "metrics": metrics,
+        "eval": [dataclasses.asdict(r) for r in records],
+    }
 
 
-def format_show(run: Run, m: Manifest, config: Config, metrics: list[dict]) -> str:
-    """The human-readable `shoshin show`: status, command, model, data, time, code, config, evals."""
+def format_show(
+    run: Run, m: Manifest, config: Config, metrics: list[dict], records: list[EvalRecord]
+) -> str:
+    """The human-readable `shoshin show`: status, command, model, data, time, code, config,
+    evaluations during training and the records of shoshin eval."""
     status = effective_status(m) + (f" ({m.error})" if m.error else "")
     lines = [
         f"run       {run.id}",
         f"path      {run.path}",
         f"status    {status}",
         f"command   {' '.join(m.command)}",
+    ]
+    kind = run_kind(m)
+    if m.reproduction_of:
+        lines.append(f"kind      reproduction of {m.reproduction_of}")
+    elif kind not in TRAINING_KINDS:
+        lines.append(f"kind      {kind}")
+    lines += [
         f"started   {m.start_time}   ended {m.end_time or '-'}",
         f"model     {m.arch or '-'}, {fmt_params(m.params)} parameters",
     ]
@@ -192,6 +220,17 @@ def format_show(run: Run, m: Manifest, config: Config, metrics: list[dict]) -> s
             for r in evals[-10:]
         ]
         lines += table(["  step", "val loss", "train loss"], rows)
+    if records:
+        lines.append("eval (shoshin eval; eval/ folder):")
+        rows = [
+            [
+                f"  {r.name}",
+                r.checkpoint or "-",
+                ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items()),
+            ]
+            for r in records
+        ]
+        lines += table(["  record", "checkpoint", "metrics"], rows)
     return "\n".join(lines)
 
 
@@ -301,6 +340,18 @@ def format_compare(report: dict[str, Any]) -> str:
         )
     headers = ["run", "status", "steps", "final val", "best val", "tokens/s", "seconds"]
     lines += ["metrics (Δ against the first run):", *table(headers, rows, indent="  ")]
+    names = sorted({k for m in report["metrics"] for k in m["eval"]})
+    if names:
+        rows = []
+        for name in names:
+            cells = []
+            for i, m in enumerate(report["metrics"]):
+                value, delta = m["eval"].get(name), m.get("delta_eval", {}).get(name)
+                text = "-" if value is None else f"{value:.4f}"
+                cells.append(text if i == 0 or delta is None else f"{text} ({delta:+.4f})")
+            rows.append([name, *cells])
+        lines += ["evaluations (shoshin eval; Δ against the first run):"]
+        lines += table(["metric", *short_ids], rows, indent="  ")
     return "\n".join(lines)
 
 

@@ -171,19 +171,45 @@ def readable_runs(root: Path) -> list[tuple[Run, Manifest]]:
     return out
 
 
-def resolve_run(ref: str, root: Path) -> Run:
-    """A run from an id, a unique id prefix, `latest`, or a run directory path.
+TRAINING_KINDS = ("train", "finetune")  # the runs `latest` can name
 
-    `latest` is the newest run whose manifest can be read; naming a broken run is an error.
+
+def run_kind(manifest: Manifest) -> str:
+    """What made a run: "train", "finetune", "reproduction" (shoshin reproduce) or "lr-find"."""
+    if manifest.kind == "lr-find":
+        return "lr-find"
+    if manifest.reproduction_of:
+        return "reproduction"
+    return "finetune" if manifest.base_model is not None else "train"
+
+
+def latest_run(root: Path) -> Run:
+    """The training run (`train` or `finetune`) started last: what `latest` names.
+
+    Reproductions and lr-find runs are checks of other runs, not models to use, so a
+    `shoshin reproduce` or `lr-find` never moves `latest`; broken runs (a manifest that cannot be
+    read) are passed over.
+    """
+    started = [
+        (m.start_time or "", run.id, run)
+        for run, m in readable_runs(root)
+        if run_kind(m) in TRAINING_KINDS
+    ]
+    if not started:
+        raise ShoshinError(f"no training runs in {root} yet; train one with: shoshin train tiny")
+    return max(started, key=lambda item: item[:2])[2]
+
+
+def resolve_run(ref: str, root: Path) -> Run:
+    """A run from an id, a unique id prefix, `latest` (see latest_run), or a run directory path.
+
+    Naming a broken run is a one-line error saying why it is broken.
     """
     path = Path(ref)
     if (path / MANIFEST).is_file():
         return _readable(Run(path))
     if ref == "latest":
-        runs = readable_runs(root)
-        if not runs:
-            raise ShoshinError(f"no runs in {root} yet; train one with: shoshin train tiny")
-        return max(runs, key=lambda rm: rm[1].start_time or "")[0]
+        return latest_run(root)
     runs = all_runs(root)
     exact = [r for r in runs if r.id == ref]
     if exact:

@@ -84,6 +84,11 @@ def recorded_base(manifest: Manifest) -> Pretrained | None:
     recorded = manifest.base_model
     if recorded is None:
         return None
+    if not recorded.source or not recorded.weights_sha256:
+        raise ShoshinError(
+            "the manifest's base_model does not say which checkpoint the run fine-tuned "
+            "(source and weights_sha256); it cannot be re-run"
+        )
     base = load_checkpoint(recorded.source)
     if base.weights_sha256 != recorded.weights_sha256:
         raise ShoshinError(

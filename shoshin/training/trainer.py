@@ -27,6 +27,7 @@ from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
+from shoshin.evaluation.evaluate import heldout_at_end_of_training
 from shoshin.generation.sample import sample_text
 from shoshin.generation.sampling import SamplingParams
 from shoshin.interop.hf import Pretrained
@@ -344,12 +345,18 @@ class Trainer:
         self._committed_rng = _capture_rng(self.batch_gen)
 
     def _close_out(self) -> None:
-        """After the loop (e.g. a stop by time budget): the end state evaluated and checkpointed."""
+        """After the loop: the end state evaluated and checkpointed (also after a stop by time
+        budget), then the held-out documents scored (shoshin.evaluation)."""
         row: dict[str, float] = {}
         improved = self.last_eval_step != self.step and self._evaluate_into(row)
         self._write_row(row)
         if improved or self._latest_checkpoint_step() != self.step:
             self._save(_capture_rng(self.batch_gen), best=improved)
+        self._score_heldout()
+
+    @rank_zero_only
+    def _score_heldout(self) -> None:
+        heldout_at_end_of_training(self.model, self.data, self.run, self.log)
 
     def _keep_after_interrupt(self) -> None:
         """Ctrl-C: leave a checkpoint that resume continues from exactly.

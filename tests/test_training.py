@@ -15,6 +15,7 @@ import pytest
 from conftest import run_cli
 
 from shoshin.config import load_config
+from shoshin.runs.store import Run
 from shoshin.training.trainer import train
 
 
@@ -163,6 +164,44 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_interrupted(tmp_path):
     assert manifest["status"] == "interrupted"
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     assert index["latest"] == f"step-{manifest['steps']:07d}"
+
+
+def test_ctrl_c_mid_step_before_the_first_checkpoint_resumes_from_the_start(
+    tmp_path, shakespeare_like
+):
+    """An interrupt after the optimizer step keeps the previous checkpoint; before the first
+    periodic one, that is the starting state every new run saves (step 0)."""
+    from shoshin.runs.store import create_run
+    from shoshin.training.trainer import Trainer, resume
+
+    overrides = ["train.max_steps=8", "train.checkpoint_interval=0", "train.eval_interval=4"]
+    overrides += ["train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0"]
+    overrides += ["train.calibrate=false", "model.dropout=0.1", f"data.source={shakespeare_like}"]
+    config = load_config("tiny", overrides)
+    straight = train(config, tmp_path / "a", log=lambda _: None).metrics()
+
+    run = create_run(config, tmp_path / "b")
+    trainer = Trainer(config, run, log=lambda _: None)
+    append = run.append_metrics
+
+    def interrupted_at_step_3(row):  # Ctrl-C after step 3's optimizer step, as it is recorded
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+        append(row)
+
+    run.append_metrics = interrupted_at_step_3
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert run.manifest.status == "interrupted" and run.manifest.steps == 0
+    index = json.loads((run.path / "checkpoints" / "index.json").read_text())
+    assert index["latest"] == "step-0000000"
+
+    resume(Run(run.path), log=lambda _: None)
+    keys = ("step", "train_loss", "val_loss", "lr")
+    again = Run(run.path).metrics()
+    assert [{k: r.get(k) for k in keys} for r in again] == [
+        {k: r.get(k) for k in keys} for r in straight
+    ]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -263,10 +263,15 @@ class Trainer:
         return self.run
 
     def _start(self) -> None:
-        """Record the start, agree on where the last evaluation was, and start the clocks."""
+        """Record the start, save the starting state of a new run, agree on where the last
+        evaluation was, and start the clocks."""
         tc = self.config.train
         self.model.train()
         self._record_start()  # includes the estimate's calibration: before the clocks start
+        if self._latest_checkpoint_step() is None:
+            # A run always has a checkpoint to go back to: Ctrl-C in the middle of a step before
+            # the first periodic checkpoint (or a SIGKILL then) resumes from the start, exactly.
+            self._save(_capture_rng(self.batch_gen))
         self.last_eval_step = self.dist.from_main(self._last_eval_step)
         self._deadline = (
             time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None

@@ -58,17 +58,17 @@ def main() -> None:
     T = config.model.block_size
     loss = whole_split_loss(model, data.val, config.train.batch_size, T)
     bits = loss * data.meta["tokens"]["val"] / data.meta["bytes"]["val"] / math.log(2)
-    train_s = manifest["elapsed_seconds"]
+    train_s = manifest.elapsed_seconds
     print(
         f"demo: {config.model.n_layer} layers x {config.model.n_embd} wide, context {T}, "
-        f"{manifest['params']:,} parameters, {manifest['steps']} of {config.train.max_steps} steps "
+        f"{manifest.params:,} parameters, {manifest.steps} of {config.train.max_steps} steps "
         f"(batch {config.train.batch_size}), {torch.get_num_threads()} threads"
     )
-    print(f"training {train_s / 60:.1f} min, {manifest['tokens_seen'] / train_s:,.0f} tokens/s")
+    print(f"training {train_s / 60:.1f} min, {manifest.tokens_seen / train_s:,.0f} tokens/s")
     print(f"whole command {wall / 60:.1f} min (budget: about {BUDGET_MINUTES:g} min of training)")
     print(
         f"val loss while training (its {config.train.eval_iters} batches): "
-        f"{manifest['final_val_loss']:.4f}"
+        f"{manifest.final_val_loss:.4f}"
     )
     print(f"val loss on the whole split: {loss:.4f} ({bits:.4f} bits per byte)")
     verdict = "PASS" if loss <= TARGET_VAL_LOSS else "MISS"

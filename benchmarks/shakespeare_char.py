@@ -91,7 +91,7 @@ def run_shoshin(corpus: str, overrides: list[str], workdir: Path) -> dict[str, f
         load_config("shakespeare-char", [f"data.source={corpus}"]).data, log=lambda line: None
     )
     scores = score(lambda x, y: model(x, y).item(), data.val)
-    return {"wall": wall, "printed": run.manifest["final_val_loss"], **scores}
+    return {"wall": wall, "printed": run.manifest.final_val_loss, **scores}
 
 
 def run_nanogpt(root: Path, workdir: Path) -> dict[str, float]:

@@ -23,29 +23,35 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from shoshin.config import DataConfig, TrainConfig
-from shoshin.data.dataset import get_batch, prepare_data
+from shoshin.data.dataset import Split, get_batch, prepare_data
 from shoshin.interop.hf import load_checkpoint
 from shoshin.models.loss import IGNORE_INDEX
-from shoshin.training.optim import lr_at, make_optimizer
+from shoshin.training.distributed import DistContext
+from shoshin.training.optim import lr_at
+from shoshin.training.step import TrainStep
 
 TARGET_RATIO = 1.2
 
 
-def make_batches(
-    n: int, batch_size: int, seq_len: int, loss_on: str
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n batches of chitchat windows, tokenized with a BPE trained on chitchat (ids < 8192).
+def chitchat_split(loss_on: str) -> Split:
+    """Chitchat's training split, tokenized with a BPE trained on chitchat (ids < 8192).
 
     With loss_on="assistant" the targets of user turns are masked, as `shoshin finetune` does.
     """
     data = prepare_data(
         DataConfig(source="chitchat", tokenizer="bpe", vocab_size=8192, loss_on=loss_on)
     )
+    return data.train
+
+
+def make_batches(
+    split: Split, n: int, batch_size: int, seq_len: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The n batches that shoshin's training step draws from `split` with a generator seeded 0."""
     gen = torch.Generator().manual_seed(0)
-    return [get_batch(data.train, batch_size, seq_len, gen) for _ in range(n)]
+    return [get_batch(split, batch_size, seq_len, gen) for _ in range(n)]
 
 
 def save_random_gpt2(folder: Path, n_layer: int) -> None:
@@ -65,28 +71,52 @@ def save_random_gpt2(folder: Path, n_layer: int) -> None:
 PHASES = ("forward", "backward", "optimizer")
 
 
-def shoshin_steps(folder: Path, batches, tc: TrainConfig) -> list[dict[str, float]]:
-    """Seconds of each phase of shoshin's training step (as in training/trainer.py), per batch.
+def shoshin_steps(
+    folder: Path, split: Split, n: int, seq_len: int, tc: TrainConfig
+) -> list[dict[str, float]]:
+    """Seconds of each phase of shoshin's own training step (training/step.py), per step.
 
-    forward: the loss; backward: its gradients; optimizer: learning rate, clipping, AdamW step.
+    Its batches are those of make_batches (the same generator seed). forward: until the loss is
+    computed; backward: until the last parameter has its gradient; optimizer: the rest of the
+    step (clipping, AdamW, zero_grad).
     """
     model = load_checkpoint(folder).model
     model.train()
-    opt = make_optimizer(model, tc, "cpu")
+    step = TrainStep(
+        model,
+        tc,
+        seq_len,
+        split,
+        torch.Generator().manual_seed(0),
+        schedule=lambda i: lr_at(i, tc),
+        dist=DistContext(device=torch.device("cpu")),
+    )
+    marks: dict[str, float] = {}
+    loss = step.loss
+
+    def timed_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = loss(x, y)
+        marks["forward"] = time.perf_counter()
+        return out
+
+    def gradient_done(_: torch.Tensor) -> None:
+        marks["backward"] = time.perf_counter()  # the last parameter's hook marks the end
+
+    step.loss = timed_loss
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(gradient_done)
     times = []
-    for step, (x, y) in enumerate(batches):
+    for i in range(n):
         t0 = time.perf_counter()
-        loss = model(x, y)
+        step(i)
         t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc)
-        nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        times.append({"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2})
+        times.append(
+            {
+                "forward": marks["forward"] - t0,
+                "backward": marks["backward"] - marks["forward"],
+                "optimizer": t1 - marks["backward"],
+            }
+        )
     return times
 
 
@@ -203,9 +233,15 @@ def main() -> None:
     import transformers
 
     tc = TrainConfig(
-        lr=6e-5, min_lr=6e-6, warmup_steps=2, weight_decay=0.01, max_steps=args.steps + 1
+        batch_size=args.batch_size,
+        lr=6e-5,
+        min_lr=6e-6,
+        warmup_steps=2,
+        weight_decay=0.01,
+        max_steps=args.steps + 1,
     )
-    batches = make_batches(args.steps + 1, args.batch_size, args.seq_len, args.loss_on)
+    split = chitchat_split(args.loss_on)
+    batches = make_batches(split, args.steps + 1, args.batch_size, args.seq_len)
     tokens = args.batch_size * args.seq_len
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
@@ -213,7 +249,9 @@ def main() -> None:
         folder = Path(tmp) / "gpt2-random"
         save_random_gpt2(folder, args.n_layer)
         for r in range(args.rounds):
-            ours += shoshin_steps(folder, batches, tc)[1:]  # the first step warms up
+            ours += shoshin_steps(folder, split, len(batches), args.seq_len, tc)[
+                1:
+            ]  # the first step warms up
             theirs += hf_trainer_steps(folder, batches, tc, Path(tmp) / f"hf-{r}")[1:]
     a, b = median_phases(ours), median_phases(theirs)
     print(

@@ -249,11 +249,12 @@ def _load_for_inference(args: argparse.Namespace):
     from shoshin.loading import load
 
     model, tok = load(args.run, args.checkpoint, args.runs_dir)  # a run or an HF checkpoint
-    return prepare_for_inference(model, args.dtype, args.quantize), tok
+    return prepare_for_inference(model, args.dtype, args.quantize, args.device), tok
 
 
 def _add_precision_options(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --quantize, with what is fastest on this CPU (shoshin.generation.precision)."""
+    """--dtype, --quantize (with what is fastest on this CPU: shoshin.generation.precision) and
+    --device."""
     from shoshin.generation.precision import fastest_on_this_cpu
 
     fastest = fastest_on_this_cpu().replace("%", "%%")
@@ -268,6 +269,12 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
         choices=["int8"],
         default=None,
         help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (auto: CUDA when there is a GPU, else CPU)",
     )
 
 
@@ -330,7 +337,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
     )
-    app = load_app(args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize)
+    app = load_app(
+        args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize, args.device
+    )
     serve(app, args.host, args.port)
     return 0
 

@@ -670,10 +670,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `shoshin ARGV` (default: this process's arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills CONFIG and the overrides at the first positional, so overrides after an
+    # option (`train tiny --runs-dir X key=value`) come back unparsed: they are overrides too.
+    if extra and hasattr(args, "overrides") and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     try:
         return args.func(args)

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
 from shoshin.runs.store import Run, all_runs, effective_status, resolve_run, runs_root
 
@@ -278,6 +279,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation.chat import ChatSession, run_terminal_chat
 
     model, tok = _load_for_inference(args)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # an invalid byte typed or piped in becomes U+FFFD
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
     print(f"chatting with {args.run} ({model.config.arch}, context {window or 'unlimited'} tokens)")
@@ -533,9 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
-    p.add_argument("--prompt", default="", help="text to continue (a user message for chat models)")
     p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)"
+        "--prompt",
+        default="",
+        type=clean_text,
+        help="text to continue (a user message for chat models)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        type=clean_text,
+        metavar="TEXT",
+        help="stop before TEXT (repeatable)",
     )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
     p.set_defaults(func=cmd_sample)
@@ -545,7 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
     p.add_argument(
-        "--system", default=None, help="a system prompt, kept however long the chat gets"
+        "--system",
+        default=None,
+        type=clean_text,
+        help="a system prompt, kept however long the chat gets",
     )
     p.set_defaults(func=cmd_chat, max_new_tokens=256)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,32 @@ def shakespeare_like(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_run(tmp_path_factory) -> Path:
+    """A finished 10-step run of the tiny chat GPT with a BPE tokenizer, trained once per session.
+
+    Tests that damage it work on a copy (see copy_run).
+    """
+    root = tmp_path_factory.mktemp("bpe-runs")
+    result = run_cli(
+        "train",
+        "tiny",
+        "data.tokenizer=bpe",
+        "data.vocab_size=300",
+        "train.max_steps=10",
+        "train.eval_iters=1",
+        "train.sample_tokens=0",
+        "--runs-dir",
+        str(root),
+        env={"SHOSHIN_CACHE_DIR": str(_shared_cache())},
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = root.iterdir()
+    return run
+
+
+def copy_run(run: Path, runs_dir: Path) -> Path:
+    """A copy of `run` under `runs_dir`, to damage without touching the original."""
+    return Path(shutil.copytree(run, runs_dir / run.name))

@@ -35,7 +35,8 @@ from shoshin.data.tokenizers import (
 from shoshin.errors import ShoshinError
 from shoshin.models.loss import IGNORE_INDEX
 
-CACHE_VERSION = 2  # 2: meta.json holds the split digest and the leakage report
+CACHE_VERSION = 3  # 2: meta.json holds the split digest and the leakage report
+# 3: text is tokenized as text (a literal <|end|> is not the special token); BOMs are skipped
 
 
 @dataclass

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoshin.data.text import clean_text, decode_utf8
 from shoshin.errors import ShoshinError
 
 ROLES = ("system", "user", "assistant")
@@ -56,15 +57,11 @@ def load_corpus(source: str, max_documents: int = 0) -> Corpus:
 
 
 def _read_text(path: Path) -> tuple[str, bytes]:
+    """A source file's text (a leading byte-order mark skipped) and its bytes."""
     data = path.read_bytes()
     if b"\x00" in data:
         raise ShoshinError(f"{path} looks like a binary file, not UTF-8 text")
-    try:
-        return data.decode("utf-8"), data
-    except UnicodeDecodeError as exc:
-        raise ShoshinError(
-            f"{path} is not valid UTF-8 text (bad byte at offset {exc.start})"
-        ) from None
+    return decode_utf8(data, path), data
 
 
 def _load_text_file(path: Path) -> Corpus:
@@ -115,7 +112,8 @@ def _load_chat_jsonl(path: Path) -> Corpus:
                 raise ShoshinError(
                     f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
                 )
-            conversation.append({"role": role, "content": message["content"]})
+            # JSON may escape a lone surrogate ("\ud800"), which is no character: U+FFFD stands in.
+            conversation.append({"role": role, "content": clean_text(message["content"])})
         conversations.append(conversation)
     if not conversations:
         raise ShoshinError(f"corpus {path} is empty")

@@ -187,7 +187,7 @@ def main() -> None:
         # 1. correctness
         cached = engine.generate(prompt, SamplingParams(64, temperature=0))
         t = time.perf_counter()
-        naive = naive_generate(model, prompt, 64, temperature=0)
+        naive = naive_generate(model, prompt, SamplingParams(64, temperature=0))
         naive_64_s = time.perf_counter() - t
         theirs = hf_generate(hf, prompt, 64)
         print("\n## 1. first 64 greedy tokens")

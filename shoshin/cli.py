@@ -297,16 +297,34 @@ def _load_for_inference(args: argparse.Namespace):
     return prepare_for_inference(model, args.dtype, args.quantize), tok
 
 
-def _sampling_params(args: argparse.Namespace):
-    from shoshin.generation import SamplingParams
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """One option per sampling field (shoshin.generation.sampling.SamplingParams declares them)."""
+    from shoshin.generation.sampling import cli_options
 
-    return SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    ).validate()
+    for name, kind, default, help, metavar in cli_options():
+        flag = "--" + name.replace("_", "-")
+        if kind is dict:  # logit_bias: repeat --logit-bias ID:BIAS
+            parser.add_argument(flag, action="append", type=_logit_bias, metavar=metavar, help=help)
+            continue
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
+
+
+def _logit_bias(text: str) -> tuple[int, float]:
+    token, sep, bias = text.partition(":")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected TOKEN_ID:BIAS such as 50256:-100, got {text!r}"
+        ) from None
+
+
+def _sampling_params(args: argparse.Namespace):
+    from shoshin.generation.sampling import SamplingParams, cli_options
+
+    values = {name: getattr(args, name) for name, *_ in cli_options()}
+    values["logit_bias"] = dict(args.logit_bias or [])
+    return SamplingParams(**values).validate()
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -519,11 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     generation = argparse.ArgumentParser(add_help=False)
-    generation.add_argument("--max-new-tokens", type=int, default=200)
-    generation.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    generation.add_argument("--top-k", type=int, default=None)
-    generation.add_argument("--top-p", type=float, default=None)
-    generation.add_argument("--seed", type=int, default=None)
+    _add_sampling_options(generation)
     generation.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     generation.add_argument(
         "--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and activations"
@@ -551,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop before TEXT (repeatable)",
     )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
-    p.set_defaults(func=cmd_sample)
+    p.set_defaults(func=cmd_sample, max_new_tokens=200, temperature=0.8)
 
     p = sub.add_parser("chat", parents=[common, generation], help="multi-turn chat in the terminal")
     p.add_argument(
@@ -563,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=clean_text,
         help="a system prompt, kept however long the chat gets",
     )
-    p.set_defaults(func=cmd_chat, max_new_tokens=256)
+    p.set_defaults(func=cmd_chat, max_new_tokens=256, temperature=0.8)
 
     p = sub.add_parser(
         "serve", parents=[common], help="OpenAI-compatible HTTP API and web chat page"

@@ -25,7 +25,7 @@ from shoshin.errors import ShoshinError
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt"  # gpt | lstm
+    arch: str = "gpt"  # a name in shoshin.models.ARCHITECTURES: gpt | lstm
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
@@ -39,7 +39,9 @@ class ModelConfig:
     vocab_size: int = 0  # set from the tokenizer when training starts
 
     def validate(self) -> None:
-        _choice("model.arch", self.arch, ("gpt", "lstm"))
+        from shoshin.models import architecture  # the registry of known architectures
+
+        architecture(self.arch)
         _choice("model.norm", self.norm, ("pre", "post"))
         _choice("model.activation", self.activation, ("gelu", "gelu_tanh"))
         for name in ("n_layer", "n_embd", "block_size"):

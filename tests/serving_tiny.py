@@ -66,3 +66,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def sharp_chat_model(arch: str = "gpt"):
+    """(model, tokenizer): a char-level chat model with large random weights. Its logits are sharp
+    (no near-ties for greedy decoding to trip on) and its replies end whenever it happens to emit
+    `<|end|>`, `<|endoftext|>` or a role token: a model to hold the server to the naive reference."""
+    torch.manual_seed(2)
+    tok = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz ,.?!"), [EOT, *CHAT_TOKENS])
+    config = ModelConfig(
+        arch=arch, n_layer=2, n_head=2, n_embd=32, block_size=96, vocab_size=tok.vocab_size
+    )
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    return model, tok

@@ -171,3 +171,43 @@ def test_role_template_renders_like_the_training_data_and_keeps_reply_ids():
     assert template.render([*messages[:2], said])[-6:] == [
         assistant, end, *tok.encode("yo"), end, assistant
     ]  # fmt: skip
+
+
+def test_fifty_seeded_replies_never_show_a_role_token():
+    from serving_tiny import tiny_chat_model
+
+    from shoshin.data.tokenizers import END
+    from shoshin.generation.sample import sample_text
+
+    model, tok = tiny_chat_model(steps=300)  # a chat model trained a few hundred steps
+    engine = Engine(model)
+    # Half the replies may not use <|end|> or <|endoftext|>: they end another way (a role token,
+    # or the length limit), where a model that was not stopped writes the next turn itself.
+    no_end = {tok.special_tokens[END]: -100.0, tok.special_tokens[EOT]: -100.0}
+    replies = []
+    for seed in range(50):
+        params = SamplingParams(
+            60, temperature=1.0, seed=seed, logit_bias=no_end if seed % 2 else {}
+        )
+        session = ChatSession(engine, tok, params=params)
+        replies += [session.reply("hello"), session.reply("tell me a story")]
+        replies.append("".join(sample_text(model, tok, "bye", params)))
+    assert all("<|" not in r for r in replies), [r for r in replies if "<|" in r]
+    assert len(set(replies)) > 20
+
+
+@pytest.mark.parametrize("role", ["<|user|>", "<|assistant|>", "<|system|>"])
+def test_a_reply_ends_at_any_role_token_which_is_never_shown(role):
+    from shoshin.generation.streaming import TextStream
+
+    model, tok = chat_model()
+    engine = Engine(model)
+    template = ChatSession(engine, tok).template
+    prompt = template.render([{"role": "user", "content": "hi"}])
+    # A large bias makes the model emit the role token first: the reply ends there, empty.
+    forced = SamplingParams(
+        8, temperature=0, stop_ids=template.stop_ids, logit_bias={tok.special_tokens[role]: 100}
+    )
+    stream = TextStream(engine, tok, prompt, forced)
+    assert "".join(stream) == "" and stream.ids == [tok.special_tokens[role]]
+    assert stream.finish_reason == "stop"

@@ -53,7 +53,7 @@ def one_thread():
 def test_cached_greedy_equals_naive_for_220_tokens(kind):
     model = tiny_model(kind)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    naive = naive_generate(model, prompt, 220, temperature=0)
+    naive = naive_generate(model, prompt, SamplingParams(220, temperature=0))
     cached = Engine(model).generate(prompt, GREEDY)
     assert len(set(naive[100:])) > 5, "the test model is too degenerate to tell paths apart"
     assert cached == naive
@@ -63,7 +63,7 @@ def test_cached_greedy_equals_naive_for_220_tokens(kind):
 def test_cached_sampling_equals_naive_with_the_same_seed(kind):
     model = tiny_model(kind)
     params = dict(temperature=0.9, top_k=20, top_p=0.95, seed=7)
-    naive = naive_generate(model, [1, 2, 3], 60, **params)
+    naive = naive_generate(model, [1, 2, 3], SamplingParams(60, **params))
     assert Engine(model).generate([1, 2, 3], SamplingParams(60, **params)) == naive
 
 
@@ -158,7 +158,7 @@ def test_context_overflow_keeps_the_recent_half_window_and_never_crashes(kind):
     # before the window first fills, cached and naive agree token for token
     assert (
         out[: 32 - len(prompt) + 1]
-        == naive_generate(model, prompt, 150, temperature=0)[: 32 - len(prompt) + 1]
+        == naive_generate(model, prompt, SamplingParams(150, temperature=0))[: 32 - len(prompt) + 1]
     )
 
 
@@ -166,7 +166,7 @@ def test_overflow_keep_block_size_is_the_naive_sliding_window():
     model = tiny_model("gpt-pre", block_size=24)
     prompt = [2, 7, 1, 8]
     sliding = Engine(model, overflow_keep=24).generate(prompt, SamplingParams(80, temperature=0))
-    assert sliding == naive_generate(model, prompt, 80, temperature=0)
+    assert sliding == naive_generate(model, prompt, SamplingParams(80, temperature=0))
 
 
 def test_prompt_longer_than_the_window_is_cut_to_its_end():
@@ -174,7 +174,7 @@ def test_prompt_longer_than_the_window_is_cut_to_its_end():
     prompt = list(range(40))
     out = Engine(model).generate(prompt, SamplingParams(30, temperature=0))
     assert len(out) == 30
-    assert out[0] == naive_generate(model, prompt, 1, temperature=0)[0]
+    assert out[0] == naive_generate(model, prompt, SamplingParams(1, temperature=0))[0]
     assert out == overflow_reference(model, prompt, 30, keep=8)
 
 
@@ -188,7 +188,7 @@ def test_batched_rows_overflow_independently():
 def test_lstm_carries_its_state_past_block_size():
     model = tiny_model("lstm", block_size=8)
     out = Engine(model).generate([1, 2, 3], SamplingParams(40, temperature=0))
-    assert out == naive_generate(model, [1, 2, 3], 40, temperature=0)
+    assert out == naive_generate(model, [1, 2, 3], SamplingParams(40, temperature=0))
 
 
 def test_bad_sampling_parameters_are_user_errors():

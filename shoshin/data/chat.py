@@ -39,6 +39,8 @@ def render_chat(
     return ids, mask
 
 
-def end_token_ids(tokenizer: Tokenizer) -> list[int]:
-    """Ids that end a reply: `<|end|>` for chat models, `<|endoftext|>` for all."""
-    return [tokenizer.special_tokens[t] for t in (END, EOT) if t in tokenizer.special_tokens]
+def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids that end a reply: `<|end|>`, `<|endoftext|>`, and every role token the tokenizer has (a
+    model that emits one has begun another turn; it is never part of the reply's text)."""
+    names = (END, EOT, *ROLE_TOKENS.values())
+    return [tokenizer.special_tokens[t] for t in names if t in tokenizer.special_tokens]

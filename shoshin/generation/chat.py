@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TextIO
 
-from shoshin.data.chat import ROLE_TOKENS, end_token_ids, is_chat_tokenizer
+from shoshin.data.chat import ROLE_TOKENS, is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import ASSISTANT, END, EOT, Tokenizer
-from shoshin.generation.engine import Engine, SamplingParams
+from shoshin.generation.engine import Engine
+from shoshin.generation.sampling import SamplingParams
 from shoshin.generation.streaming import TextStream
 
 
@@ -28,8 +29,10 @@ class ChatTemplate(ABC):
     stop_strings: list[str]
 
     @abstractmethod
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
-        """Ids of the conversation followed by the cue for the assistant to answer."""
+    def render(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Ids of the conversation, followed (by default) by the cue for the assistant to answer."""
 
     def reply_content(self, text: str) -> str:
         """The assistant message to record for a generated reply."""
@@ -37,14 +40,15 @@ class ChatTemplate(ABC):
 
 
 class RoleTokenTemplate(ChatTemplate):
-    """Runs trained on chat data: `<|role|>content<|end|>` with role special tokens."""
+    """Runs trained on chat data: `<|role|>content<|end|>` with role special tokens. A reply ends at
+    `<|end|>` or at any role token (the model has begun another turn)."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.stop_ids = end_token_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer)
         self.stop_strings = []
 
-    def render(self, messages: list[dict]) -> list[int]:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         # As data.chat.render_chat, except that a reply may carry the exact "ids" the model produced:
         # re-encoding its text could tokenize differently (or drop special tokens it emitted),
         # which would break the cache reuse between turns.
@@ -53,7 +57,7 @@ class RoleTokenTemplate(ChatTemplate):
         for m in messages:
             content = m["ids"] if "ids" in m else self.tokenizer.encode(m["content"])
             ids += [special[ROLE_TOKENS[m["role"]]], *content, special[END]]
-        return ids + [special[ASSISTANT]]
+        return ids + [special[ASSISTANT]] if add_generation_prompt else ids
 
 
 class PlainTextTemplate(ChatTemplate):
@@ -65,14 +69,17 @@ class PlainTextTemplate(ChatTemplate):
         self.stop_ids = [tokenizer.special_tokens[EOT]] if EOT in tokenizer.special_tokens else []
         self.stop_strings = ["\n"]
 
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
+    def render(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
         parts = []
         for m in messages:
             if m["role"] == "system":
                 parts.append(m["content"] + "\n\n")
             else:
                 parts.append(f"{m['role'].capitalize()}: {m['content']}\n")
-        ids = self.tokenizer.encode("".join(parts) + "Assistant:")
+        cue = "Assistant:" if add_generation_prompt else ""
+        ids = self.tokenizer.encode("".join(parts) + cue)
         return ids or self.stop_ids[:1]  # a char tokenizer may know none of these characters
 
     def reply_content(self, text: str) -> str:

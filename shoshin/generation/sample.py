@@ -7,18 +7,19 @@ from dataclasses import replace
 
 import torch.nn as nn
 
-from shoshin.data.chat import end_token_ids, is_chat_tokenizer, render_chat
+from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation.engine import Engine, SamplingParams
-from shoshin.generation.sampling import naive_generate
-from shoshin.generation.streaming import StopStrings, TextStream
+from shoshin.generation.chat import chat_template
+from shoshin.generation.engine import Engine
+from shoshin.generation.sampling import SamplingParams, naive_generate
+from shoshin.generation.streaming import ReplyText, TextStream
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The ids to continue: a user message for chat models, the text itself otherwise."""
     if is_chat_tokenizer(tokenizer):
-        return render_chat(tokenizer, [{"role": "user", "content": prompt}], True)[0]
+        return chat_template(tokenizer).render([{"role": "user", "content": prompt}])
     ids = tokenizer.encode(prompt)
     if ids:
         return ids
@@ -37,18 +38,14 @@ def sample_text(
 ) -> Iterator[str]:
     """Yield the continuation of `prompt` piece by piece (all at once with use_cache=False).
 
-    Chat models answer `prompt` as a user message and stop at the end of their reply.
+    Chat models answer `prompt` as a user message; the reply ends at its end token or any role
+    token, which is never shown. Every model stops at `<|endoftext|>`.
     """
     ids = prompt_ids(tokenizer, prompt)
-    params = replace(params, stop_ids=[*params.stop_ids, *end_token_ids(tokenizer)]).validate()
+    params = replace(params, stop_ids=[*params.stop_ids, *stop_token_ids(tokenizer)])
     if use_cache:
         yield from TextStream(Engine(model), tokenizer, ids, params, stop_strings)
         return
-    new = naive_generate(
-        model, ids, params.max_new_tokens, params.temperature, params.top_k, params.top_p,
-        params.seed, params.stop_ids, params.stop_sequences,
-    )  # fmt: skip
-    if new and new[-1] in params.stop_ids:
-        new = new[:-1]
-    stops = StopStrings(stop_strings)
-    yield stops.push(tokenizer.decode(new)) + stops.flush()
+    reply = ReplyText(tokenizer, params.stop_ids, stop_strings)
+    text = "".join(reply.push(token) for token in naive_generate(model, ids, params))
+    yield text + ("" if reply.stopped else reply.flush())

@@ -1,41 +1,226 @@
-"""Sampling from a language model on token ids.
+"""Choosing the next token: the sampling parameters, the one sampling function, and the naive
+reference generator.
 
-`sample_next` picks one token from logits; `naive_generate` is the reference generator: every step
-re-runs the model on the whole prefix. The fast path (shoshin.generation.engine) is tested against it.
+`SamplingParams` is the one value that the CLI, the Python API and the HTTP server fill (the CLI's
+options are generated from its fields). `sample_next` reads it, with the logits, the tokens so far
+and the row's own `torch.Generator`; every surface samples through it. `naive_generate` re-runs the
+model on the whole prefix at every step: the reference the fast engine is tested against.
+
+Adding a sampling option touches three places: a field here (with its `help`), `sample_next`, and the
+HTTP request schema (`shoshin/serving/schemas.py`).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 
+from shoshin.errors import ShoshinError
+
+MAX_LOGPROBS = 20  # top alternatives per position, at most (OpenAI allows 20)
+
+
+def _option(default, help: str, **extra):
+    """A sampling field that the CLI offers as `--name-with-dashes` (see cli_options)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata={"help": help, "cli": True, **extra})
+    return field(default=default, metadata={"help": help, "cli": True, **extra})
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop. temperature 0 means greedy (argmax).
+
+    Penalties and logit_bias change the logits before anything else, so they also steer greedy
+    decoding; temperature, top_k, top_p and min_p shape the distribution that is then sampled.
+    """
+
+    max_new_tokens: int = _option(256, "tokens to generate at most (0: none)")
+    temperature: float = _option(1.0, "softmax temperature; 0 is greedy")
+    top_k: int | None = _option(None, "sample among the K most likely tokens only")
+    top_p: float | None = _option(None, "nucleus: the most likely tokens that cover P of the mass")
+    min_p: float | None = _option(None, "drop tokens less likely than P x the most likely one")
+    frequency_penalty: float = _option(
+        0.0, "-2..2: lower each token's logit by this x its count in the reply so far (OpenAI)"
+    )
+    presence_penalty: float = _option(
+        0.0, "-2..2: lower the logit of every token already in the reply by this (OpenAI)"
+    )
+    repetition_penalty: float = _option(
+        1.0,
+        ">0: divide positive / multiply negative logits of tokens seen in prompt or reply (CTRL)",
+    )
+    logit_bias: Mapping[int, float] = _option(
+        {}, "token id -> bias in -100..100, added to its logit (OpenAI)", metavar="ID:BIAS"
+    )
+    seed: int | None = _option(
+        None, "seed of this generation's torch.Generator (same seed, same text)"
+    )
+    stop_ids: Sequence[int] = ()  # a generation ends after any of these tokens (kept in its tokens)
+    stop_sequences: Sequence[Sequence[int]] = ()  # ... or after any of these runs of tokens
+    logprobs: int | None = None  # per new token: its log-probability and this many top alternatives
+    prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
+
+    def validate(self, vocab_size: int | None = None) -> SamplingParams:
+        """Check every value; a bad one is a ShoshinError naming it. Returns self."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ShoshinError(f"{f.name} must be a finite number, got {value}")
+        if self.max_new_tokens < 0:
+            raise ShoshinError(f"max_new_tokens must not be negative, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ShoshinError(
+                f"temperature must be 0 (greedy) or positive, got {self.temperature}"
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise ShoshinError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ShoshinError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ShoshinError(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ShoshinError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.repetition_penalty <= 0:
+            raise ShoshinError(
+                f"repetition_penalty must be positive (1 is off), got {self.repetition_penalty}"
+            )
+        for token, bias in self.logit_bias.items():
+            if not -100.0 <= bias <= 100.0 or not math.isfinite(bias):
+                raise ShoshinError(
+                    f"logit_bias for token {token} must be in [-100, 100], got {bias}"
+                )
+            if token < 0 or (vocab_size is not None and token >= vocab_size):
+                raise ShoshinError(
+                    f"logit_bias names token {token}, which is not in the vocabulary"
+                    + (f" (0..{vocab_size - 1})" if vocab_size else "")
+                )
+        for name in ("logprobs", "prompt_logprobs"):
+            n = getattr(self, name)
+            if n is not None and not 0 <= n <= MAX_LOGPROBS:
+                raise ShoshinError(f"{name} must be in [0, {MAX_LOGPROBS}], got {n}")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def penalised(self) -> bool:
+        """True when the choice depends on the tokens so far."""
+        return bool(
+            self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0
+        )
+
+
+def cli_options() -> list[tuple[str, type, object, str, str | None]]:
+    """(name, value type, default, help, metavar) of every field the CLI offers, in declaration
+    order; the value type of an optional field is its non-None type, of a mapping `dict`."""
+    hints = typing.get_type_hints(SamplingParams)
+    out = []
+    for f in fields(SamplingParams):
+        if f.metadata.get("cli"):
+            kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
+            kind = (
+                dict
+                if typing.get_origin(hints[f.name]) is Mapping
+                else (kinds or [hints[f.name]])[0]
+            )
+            default = None if f.default is MISSING else f.default
+            out.append((f.name, kind, default, f.metadata["help"], f.metadata.get("metavar")))
+    return out
+
+
+@dataclass
+class TokenHistory:
+    """The tokens a row has seen: its prompt, then what it generated (penalties read both)."""
+
+    ids: list[int]
+    prompt_len: int
+
+    @property
+    def generated(self) -> list[int]:
+        return self.ids[self.prompt_len :]
+
 
 def sample_next(
     logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    params: Sequence[SamplingParams],
+    histories: Sequence[TokenHistory],
+    generators: Sequence[torch.Generator | None],
 ) -> torch.Tensor:
-    """Pick the next token for each row of logits (B, vocab); temperature 0 means argmax."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
-        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
+    history and generator, so that a row's choice never depends on the other rows of the batch.
+
+    Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
+    by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
+    with one uniform number from their own generator.
+    """
+    x = logits.float().clone()  # (B, V)
+    B, V = x.shape
+    for b, (p, history) in enumerate(zip(params, histories, strict=True)):
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=x.device)
+            bias = torch.tensor(list(p.logit_bias.values()), dtype=x.dtype, device=x.device)
+            x[b].index_add_(0, ids, bias)
+        if p.penalised:
+            _penalise(x[b], p, history)
+    tokens = x.argmax(dim=-1)  # (B,): the greedy rows' answer
+    sampled = [b for b, p in enumerate(params) if not p.greedy]
+    if not sampled:
+        return tokens
+    rows = torch.tensor(sampled, device=x.device)
+    z = x[rows] / torch.tensor([params[b].temperature for b in sampled], device=x.device)[:, None]
+    z = _truncate(z, [params[b] for b in sampled])
+    cdf = z.softmax(dim=-1).double().cumsum(dim=-1)  # (S, V); float64: the last entry is ~1 exactly
+    u = torch.stack([torch.rand((), generator=generators[b], dtype=torch.float64) for b in sampled])
+    draw = torch.searchsorted(cdf, (u * cdf[:, -1]).to(cdf.device)[:, None], right=True)
+    tokens[rows] = draw[:, 0].clamp(max=V - 1)
+    return tokens
+
+
+def _penalise(x: torch.Tensor, p: SamplingParams, history: TokenHistory) -> None:
+    """Apply the history-dependent penalties to one row of logits (V,), in place."""
+    if p.frequency_penalty or p.presence_penalty:
+        reply = torch.tensor(history.generated, dtype=torch.long, device=x.device)
+        counts = torch.bincount(reply, minlength=x.numel()).to(x.dtype)
+        x -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(x.dtype)
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(history.ids)), dtype=torch.long, device=x.device)
+        v = x[seen]
+        x[seen] = torch.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
+
+
+def _truncate(z: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Set to -inf the logits that top_k, top_p and min_p exclude, row by row (S, V)."""
+    V = z.size(-1)
+    ks = [p.top_k if p.top_k is not None and p.top_k < V else V for p in params]
+    ps = [p.top_p if p.top_p is not None else 1.0 for p in params]
+    if any(k < V for k in ks) or any(q < 1.0 for q in ps):
+        sorted_z, order = torch.sort(z, descending=True, dim=-1)
+        rank = torch.arange(V, device=z.device)
+        drop = rank[None, :] >= torch.tensor(ks, device=z.device)[:, None]
+        probs = sorted_z.softmax(dim=-1)
+        # top_p drops a token when the tokens ranked above it already reach p; the first stays.
+        before = probs.cumsum(dim=-1) - probs
+        drop |= before >= torch.tensor(ps, device=z.device, dtype=probs.dtype)[:, None]
+        drop[:, 0] = False
+        sorted_z = sorted_z.masked_fill(drop, float("-inf"))
+        z = torch.full_like(z, float("-inf")).scatter(-1, order, sorted_z)
+    mins = [p.min_p or 0.0 for p in params]
+    if any(mins):
+        probs = z.softmax(dim=-1)
+        floor = probs.max(dim=-1, keepdim=True).values
+        floor = floor * torch.tensor(mins, device=z.device, dtype=probs.dtype)[:, None]
+        z = z.masked_fill(probs < floor, float("-inf"))
+    return z
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -54,48 +239,40 @@ def ends_with_stop(new: Sequence[int], stop_ids, stop_sequences) -> bool:
     )
 
 
-def context_window(model: nn.Module) -> int | None:
-    """How many tokens the model can see at once: block_size for a GPT (learned positions), None for an LSTM."""
-    return model.config.block_size if model.config.arch == "gpt" else None
-
-
 @torch.no_grad()
 def naive_generate(
     model: nn.Module,
     prompt_ids: Sequence[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop_ids: Sequence[int] = (),
-    stop_sequences: Sequence[Sequence[int]] = (),
+    params: SamplingParams,
+    logits_out: list[torch.Tensor] | None = None,
 ) -> list[int]:
     """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
 
-    A GPT sees the last block_size tokens (its positions cannot slide further); an LSTM sees the
-    whole history. Stops after a token in `stop_ids` or a run of tokens in `stop_sequences`
-    (kept in the output).
+    The reference the engine is held to: a model with a window (a GPT) sees the last
+    `context_window` tokens, so its window slides by one token; a recurrent model sees everything.
+    Stops after a stop token or stop sequence (kept in the output). With `logits_out`, each step's
+    raw next-token logits (1, vocab) are appended to it.
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token")
+    params.validate()
     device = next(model.parameters()).device
-    generator = make_generator(seed, device)
+    generator = make_generator(params.seed, device)
     was_training = model.training
     model.eval()
-    window = context_window(model)
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    new: list[int] = []
-    stops = set(stop_ids)
+    window = model.context_window
+    history = TokenHistory(list(prompt_ids), len(prompt_ids))
+    stops = set(params.stop_ids)
     try:
-        for _ in range(max_new_tokens):
-            context = ids if window is None else ids[:, -window:]
-            logits = model(context)[:, -1, :]
-            token = sample_next(logits, temperature, top_k, top_p, generator)
-            ids = torch.cat([ids, token.view(1, 1)], dim=1)
-            new.append(int(token))
-            if ends_with_stop(new, stops, stop_sequences):
+        for _ in range(params.max_new_tokens):
+            context = history.ids if window is None else history.ids[-window:]
+            logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
+            if logits_out is not None:
+                logits_out.append(logits)
+            token = int(sample_next(logits, [params], [history], [generator])[0])
+            history.ids.append(token)
+            if ends_with_stop(history.generated, stops, params.stop_sequences):
                 break
     finally:
         model.train(was_training)
-    return new
+    return history.generated

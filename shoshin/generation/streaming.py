@@ -8,13 +8,49 @@ the next token completes it. It works with any tokenizer that has `decode(ids) -
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 from shoshin.data.tokenizers import Tokenizer
-from shoshin.generation.engine import Engine, SamplingParams
-from shoshin.generation.sampling import ends_with_stop
+from shoshin.generation.engine import Engine
+from shoshin.generation.sampling import SamplingParams
 
 REPLACEMENT = "\ufffd"
+
+
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE writes each byte as a printable character; this maps them back."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
+    """The bytes one token stands for (a byte-level BPE token may hold part of a character)."""
+    hf = getattr(tokenizer, "tok", None)  # a BpeTokenizer's tokenizers.Tokenizer
+    if hf is not None and type(hf.decoder).__name__ == "ByteLevel":
+        piece = hf.id_to_token(token) or ""
+        alphabet = _byte_level_alphabet()
+        if all(c in alphabet for c in piece):
+            return bytes(alphabet[c] for c in piece)
+    return tokenizer.decode([token]).encode("utf-8", errors="replace")
+
+
+def token_text(tokenizer: Tokenizer, token: int) -> str:
+    """One token as text, or `bytes:\\xNN...` when it holds only part of a character (as vLLM)."""
+    raw = token_bytes(tokenizer, token)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 class StreamDecoder:
@@ -85,9 +121,42 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+class ReplyText:
+    """A reply's token ids in, the text to show out: decoded incrementally, ended unseen by a stop
+    token, and cut at the first stop string. The server and `TextStream` both use it.
+
+    After it ends, `stopped` says whether a stop token or stop string ended it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop_ids: Sequence[int], stop_strings: Sequence[str]):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = StopStrings(stop_strings)
+        self.stop_ids = set(stop_ids)
+        self.text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text it makes safe to show (possibly '')."""
+        if self.stopped:
+            return ""
+        if token in self.stop_ids:
+            self.stopped = True  # an end-of-reply or role token: not part of the text
+            return self.flush()
+        piece = self.stops.push(self.decoder.push(token))
+        self.stopped = self.stops.stopped
+        self.text += piece
+        return piece
+
+    def flush(self) -> str:
+        """The text still held back at the end (an unfinished character, a possible stop string)."""
+        piece = self.stops.push(self.decoder.flush()) + self.stops.flush()
+        self.text += piece
+        return piece
+
+
 class TextStream:
-    """Generate and decode at once: iterate for text pieces; afterwards `ids`, `text` and
-    `finish_reason` ("stop" or "length") describe the whole reply.
+    """Generate and decode at once: iterate for text pieces; afterwards `ids`, `text`,
+    `finish_reason` ("stop" or "length") and `generation` (log-probabilities) describe the reply.
 
     Stop tokens end the reply without being shown; so do stop strings (cut from the text).
     """
@@ -101,34 +170,31 @@ class TextStream:
         stop_strings: Sequence[str] = (),
         cache=None,
     ):
-        self.engine, self.tokenizer = engine, tokenizer
-        self.prompt_ids, self.params, self.cache = prompt_ids, params, cache
-        self.stop_strings = stop_strings
-        self.ids: list[int] = []
-        self.text = ""
+        self.engine, self.cache = engine, cache
+        self.generation = engine.generation(prompt_ids, params)
+        self.reply = ReplyText(tokenizer, params.stop_ids, stop_strings)
         self.finish_reason: str | None = None
 
+    @property
+    def ids(self) -> list[int]:
+        """The token ids produced (a stop token included)."""
+        return self.generation.tokens
+
+    @property
+    def text(self) -> str:
+        return self.reply.text
+
     def __iter__(self) -> Iterator[str]:
-        decoder = StreamDecoder(self.tokenizer)
-        stops = StopStrings(self.stop_strings)
-        stop_ids = set(self.params.stop_ids)
-        self.finish_reason = "length"
-        for token in self.engine.stream(self.prompt_ids, self.params, self.cache):
-            self.ids.append(token)
-            if token in stop_ids:
-                self.finish_reason = "stop"
-                break
-            piece = stops.push(decoder.push(token))
+        for (token,) in self.engine.run([self.generation], self.cache):
+            if token is None:
+                continue
+            piece = self.reply.push(token)
             if piece:
-                self.text += piece
                 yield piece
-            if stops.stopped:
+            if self.reply.stopped:
                 self.finish_reason = "stop"
-                break
-        else:
-            if ends_with_stop(self.ids, stop_ids, self.params.stop_sequences):
-                self.finish_reason = "stop"
-            piece = stops.push(decoder.flush()) + stops.flush()
-            if piece:
-                self.text += piece
-                yield piece
+                return
+        piece = self.reply.flush()
+        self.finish_reason = self.generation.finish_reason
+        if piece:
+            yield piece

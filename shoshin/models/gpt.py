@@ -151,6 +151,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # Declared for generation (shoshin.generation reads these, never config.arch):
+    # prompts of different lengths may share a prefill padded on the right, because a token never
+    # attends to later positions and a row's padding is forgotten by setting its length back.
+    right_padding_safe = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
@@ -182,6 +187,11 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model sees at once: its learned positions end at block_size."""
+        return self.config.block_size
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to max_len (default block_size) tokens."""

@@ -40,6 +40,11 @@ class LSTMState:
 
 
 class LSTM(nn.Module):
+    # Declared for generation: padding would be read into the carried state, so prompts of
+    # different lengths never share a prefill; and there is no position window.
+    right_padding_safe = False
+    context_window = None  # the state summarises the whole history
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"

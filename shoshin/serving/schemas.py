@@ -2,6 +2,11 @@
 
 Unknown fields are accepted and ignored, as OpenAI clients send many optional ones; fields we
 read are typed and bounded, so a bad value is a 400 with the field's name, never a crash.
+
+Sampling fields named like a `SamplingParams` field are copied into it by name (see
+`Server.params`); those marked SETTING also appear in the web page's settings, which are built from
+this schema. Adding a sampling option: the field in SamplingParams, its handling in
+`sample_next`, and one field here.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}
+SETTING = {"x-shoshin-setting": True}  # shown in the web page's settings
+MAX_CHOICES = 16  # n, per prompt
 
 
 class _Lenient(BaseModel):
@@ -43,16 +50,60 @@ class StreamOptions(_Lenient):
 class _SamplingRequest(_Lenient):
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
     max_tokens: int | None = Field(None, ge=1, description="capped by the server's limit")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy")
-    top_p: float = Field(1.0, ge=0.0, le=1.0, description="nucleus sampling; 0 is greedy")
-    top_k: int | None = Field(None, ge=0, description="shoshin extension; 0 or null: off")
+    temperature: float = Field(
+        1.0, ge=0.0, le=2.0, description="0 is greedy", json_schema_extra=SETTING
+    )
+    top_p: float = Field(
+        1.0, ge=0.0, le=1.0, description="nucleus sampling; 0 is greedy", json_schema_extra=SETTING
+    )
+    top_k: int | None = Field(
+        None,
+        ge=-1,
+        description="shoshin/vLLM extension; 0, -1 or null: off",
+        json_schema_extra=SETTING,
+    )
+    min_p: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="drop tokens less likely than min_p x the most likely one (vLLM extension)",
+        json_schema_extra=SETTING,
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="lower a token's logit by this x its count in the reply so far",
+        json_schema_extra=SETTING,
+    )
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="lower the logit of every token already in the reply by this",
+        json_schema_extra=SETTING,
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="CTRL's multiplicative penalty on tokens in prompt or reply (vLLM extension); 1 is off",
+        json_schema_extra=SETTING,
+    )
+    logit_bias: dict[str, float] | None = Field(
+        None,
+        description="token id -> bias in [-100, 100] added to its logit",
+        json_schema_extra=SETTING,
+    )
     seed: int | None = Field(None, **SEED_RANGE, description="same seed, same reply")
     stop: str | list[str] | None = Field(
         None, description="up to 4 strings that end the reply (not included)"
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = Field(1, description="only one choice per request is supported")
+    n: int = Field(
+        1, ge=1, le=MAX_CHOICES, description="choices per prompt; choice i is seeded with seed + i"
+    )
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -62,11 +113,23 @@ class _SamplingRequest(_Lenient):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="newer name of max_tokens")
+    logprobs: bool = Field(False, description="return the log-probability of each reply token")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="with logprobs: this many most likely tokens per position"
+    )
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str = Field(..., description="text to continue")
-    max_tokens: int | None = Field(16, ge=1, description="capped by the server's limit")
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        ..., description="text to continue, token ids, or a list of either (one choice each)"
+    )
+    max_tokens: int | None = Field(
+        16, ge=0, description="capped by the server's limit; 0 with echo scores the prompt"
+    )
+    echo: bool = Field(False, description="return the prompt before the completion")
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="log-probabilities of each token and this many alternatives"
+    )
 
 
 class Usage(BaseModel):
@@ -80,11 +143,26 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class Trimmed(BaseModel):
@@ -105,11 +183,21 @@ class ChatCompletion(BaseModel):
     shoshin: Trimmed | None = Field(None, description="shoshin extension: what was trimmed")
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy format: one entry per token (with echo, the prompt's first; its first
+    token has no log-probability)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -126,12 +214,40 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "shoshin"
-    context_window: int | None = Field(None, description="shoshin extension: tokens per request")
+    context_window: int | None = Field(
+        None, description="shoshin extension: tokens per request (null: no limit, e.g. an LSTM)"
+    )
+    max_model_len: int | None = Field(None, description="the same, as vLLM names it")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeRequest(_Lenient):
+    """vLLM's /tokenize: a text prompt, or chat messages rendered with the model's chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int | None
+    tokens: list[int]
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class Health(BaseModel):

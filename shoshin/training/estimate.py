@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from shoshin.config import Config, ModelConfig
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
-from shoshin.models import build_model, count_parameters
+from shoshin.models import architecture, build_model, count_parameters
 from shoshin.training.optim import make_optimizer
 
 FLOAT32 = 4
@@ -57,11 +57,9 @@ class Estimate:
 
 
 def flops_per_token(config: ModelConfig, matmul_params: int) -> tuple[float, float]:
-    """(training FLOPs per token, the attention part of it) for a model of this shape."""
-    attention = 12.0 * config.n_layer * config.n_embd * config.block_size
-    if config.arch != "gpt":
-        attention = 0.0  # an LSTM has no attention; its recurrent matmuls are in N
-    return 6.0 * matmul_params + attention, attention
+    """(training FLOPs per token, the part of it that is not 6N) for a model of this shape."""
+    extra = architecture(config.arch).extra_flops_per_token(config)
+    return 6.0 * matmul_params + extra, extra
 
 
 def matmul_parameters(model: nn.Module) -> int:
@@ -73,37 +71,17 @@ def matmul_parameters(model: nn.Module) -> int:
 def activation_bytes(config: ModelConfig, batch_size: int, dtype: str = "float32") -> int:
     """Tensors kept for the backward pass of one micro-batch (B = batch_size, T = block_size).
 
-    GPT, per layer, in units of B*T*C values: the block input, ln_1 output, q/k/v (3), attention
-    output and its re-assembled copy (2), the residual sum, ln_2 output, MLP hidden before and
-    after GELU (4 + 4): 17. Attention here is a fused kernel that keeps no T x T matrix, unless
-    dropout is on (then the probabilities and the dropout mask are kept). Around the blocks: the
-    embeddings and final LayerNorm (3 B*T*C) and the logits, their log-softmax and their gradient
-    (3 B*T*V, always in float32 for the loss). LSTM, per layer: its input plus the workspace of
-    PyTorch's fused LSTM kernel (gates, cell states and more; measured at about 16 B*T*C on CPU).
+    The model's own activations (counted by its registry entry, in the training dtype) plus the
+    logits, their log-softmax and their gradient (3 B*T*V, always in float32 for the loss).
     """
-    B, T, C, V, L = (
-        batch_size,
-        config.block_size,
-        config.n_embd,
-        config.vocab_size,
-        config.n_layer,
-    )
     width = 2 if dtype == "bfloat16" else FLOAT32
-    if config.arch == "gpt":
-        per_layer = 17 * B * T * C
-        if config.dropout > 0:
-            per_layer += 2 * B * config.n_head * T * T
-        body = L * per_layer + 3 * B * T * C
-    else:
-        body = L * 17 * B * T * C + B * T * C
-    return body * width + 3 * B * T * V * FLOAT32
+    body = architecture(config.arch).activation_values(config, batch_size)
+    return body * width + 3 * batch_size * config.block_size * config.vocab_size * FLOAT32
 
 
 def kv_cache_bytes(config: ModelConfig, batch_size: int = 1) -> int:
     """Inference cache at full context: keys and values of every layer (GPT), or the LSTM state."""
-    if config.arch == "gpt":
-        return 2 * config.n_layer * batch_size * config.block_size * config.n_embd * FLOAT32
-    return 2 * config.n_layer * batch_size * config.n_embd * FLOAT32
+    return architecture(config.arch).cache_values(config, batch_size) * FLOAT32
 
 
 def resident_bytes() -> int:

@@ -24,8 +24,8 @@ from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation.engine import SamplingParams
 from shoshin.generation.sample import sample_text
+from shoshin.generation.sampling import SamplingParams
 from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
 from shoshin.runs.mlflow_sink import open_mirror

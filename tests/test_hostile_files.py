@@ -21,7 +21,7 @@ import shoshin
 from shoshin.cli import main
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
-from shoshin.models import build_model, count_parameters
+from shoshin.models import ARCHITECTURES, build_model, count_parameters
 from shoshin.training import checkpoint
 from shoshin.training.checkpoint import parameter_count
 
@@ -246,18 +246,13 @@ def test_a_model_too_big_for_memory_is_refused_before_building(run, monkeypatch)
         shoshin.load(run)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize(
-    "arch, extra",
-    [
-        ("gpt", {}),
-        ("gpt", {"norm": "post", "bias": False}),
-        ("gpt", {"tie_embeddings": False}),
-        ("lstm", {}),
-        ("lstm", {"tie_embeddings": False}),
-    ],
+    "extra", [{}, {"norm": "post", "bias": False}, {"tie_embeddings": False}], ids=str
 )
 def test_parameter_count_matches_the_built_model(arch, extra):
-    """parameter_count extrapolates from one and two layers: it must equal the real count."""
+    """parameter_count extrapolates from one and two layers: for every registered architecture it
+    must equal the real count."""
     for n_layer in (1, 3, 5):
         config = ModelConfig(
             arch=arch, n_layer=n_layer, n_head=2, n_embd=16, block_size=24, vocab_size=40, **extra

@@ -7,10 +7,14 @@ runs to max_tokens. Models have random weights (speed does not depend on them): 
 and a GPT-2-124M-shaped GPT (12 layers, 12 heads, 768 wide, 1024 positions, 50257 tokens).
 
 Figures: aggregate tokens/s (all tokens received / wall time from the first request to the last
-token), its ratio to the single-client figure, and time to first token (TTFT) per client.
+token), its ratio to the single-client figure (target: 16 clients >= 6x one client), time to first
+token (TTFT) per client, and the per-step overhead of the decode loop the server runs: the time of
+a 16-row step split into the model's forward pass, sampling, and the rest (bookkeeping, Python per
+row), each as a share of the step.
 
     python benchmarks/serving.py                       # both models, a few minutes on a 2-core CPU
     python benchmarks/serving.py --models tiny --tokens 32   # a quick look
+    python benchmarks/serving.py --quantize int8       # the server as `shoshin serve --quantize int8`
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import socket
 import statistics
 import threading
@@ -28,6 +33,8 @@ import torch
 
 from shoshin.config import ModelConfig, load_config
 from shoshin.data.tokenizers import CharTokenizer
+from shoshin.generation import Engine, SamplingParams
+from shoshin.generation.precision import prepare_for_inference
 from shoshin.models import build_model
 
 
@@ -57,15 +64,20 @@ def tokenizer_for(vocab_size: int) -> CharTokenizer:
     return CharTokenizer(chars, [])
 
 
-def serve(name: str, port: int, max_batch: int, threads: int) -> None:
+def served_model(name: str, dtype: str, quantize: str | None) -> torch.nn.Module:
+    """The model with random weights, prepared as `shoshin serve --dtype/--quantize` prepares it."""
+    torch.manual_seed(0)
+    return prepare_for_inference(build_model(model_config(name)), dtype, quantize)
+
+
+def serve(name: str, port: int, max_batch: int, threads: int, dtype: str, quantize) -> None:
     """The child process: build the model and serve it until terminated."""
     from shoshin.serving import ServeConfig, create_app
     from shoshin.serving.server import serve as run_server
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     config = model_config(name)
-    model = build_model(config).eval()
+    model = served_model(name, dtype, quantize)
     app = create_app(
         model, tokenizer_for(config.vocab_size), name, ServeConfig(max_batch=max_batch)
     )
@@ -120,20 +132,64 @@ def measure(url: str, clients: int, prompt_len: int, max_tokens: int, vocab: int
 
 
 @torch.no_grad()
-def decode_ceiling(name: str, threads: int, prompt_len: int, steps: int = 6) -> dict[int, float]:
+def step_profile(name: str, args, rows: int = 16, steps: int = 8) -> dict[str, float]:
+    """The decode loop the server runs (the engine's Batch), no HTTP: seconds per step of a
+    `rows`-row batch, split into the model's forward pass, sampling and the rest."""
+    torch.set_num_threads(args.threads)
+    model = served_model(name, args.dtype, args.quantize)
+    engine = Engine(model)
+    batch = engine.new_batch(rows)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    params = SamplingParams(max_new_tokens=10**6, temperature=0.8)  # as the clients ask
+    prompts = [
+        torch.randint(0, vocab, (args.prompt_len,), generator=gen).tolist() for _ in range(rows)
+    ]
+    batch.add({b: engine.generation(p, params) for b, p in enumerate(prompts)})
+    forward = [0.0]  # seconds inside model.forward, summed by the two hooks
+    started: list[float] = []
+    pre = model.register_forward_pre_hook(lambda m, a: started.append(time.perf_counter()))
+    post = model.register_forward_hook(
+        lambda m, a, out: forward.__setitem__(0, forward[0] + time.perf_counter() - started[-1])
+    )
+    try:
+        batch.sample()
+        batch.advance()  # warm-up
+        forward[0] = 0.0
+        sample_s = advance_s = 0.0
+        for _ in range(steps):
+            t = time.perf_counter()
+            batch.sample()
+            t2 = time.perf_counter()
+            batch.advance()
+            sample_s += t2 - t
+            advance_s += time.perf_counter() - t2
+    finally:
+        pre.remove()
+        post.remove()
+    step = (sample_s + advance_s) / steps
+    return {
+        "step": step,
+        "forward": forward[0] / steps,
+        "sampling": sample_s / steps,
+        "rest": (advance_s - forward[0]) / steps,
+    }
+
+
+@torch.no_grad()
+def decode_ceiling(name: str, args, steps: int = 6) -> dict[int, float]:
     """The model alone, no server: tokens/s of one cached decode step at batch 1 and 16.
 
     This is what continuous batching can at best turn into aggregate throughput.
     """
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    config = model_config(name)
-    model = build_model(config).eval()
+    torch.set_num_threads(args.threads)
+    model = served_model(name, args.dtype, args.quantize)
+    vocab = model.config.vocab_size
     out = {}
     for batch in (1, 16):
         cache = model.new_cache(batch)
-        model(torch.randint(0, config.vocab_size, (batch, prompt_len)), cache=cache)
-        tokens = torch.randint(0, config.vocab_size, (batch, 1))
+        model(torch.randint(0, vocab, (batch, args.prompt_len)), cache=cache)
+        tokens = torch.randint(0, vocab, (batch, 1))
         model(tokens, cache=cache)  # warm-up
         start = time.perf_counter()
         for _ in range(steps):
@@ -151,7 +207,9 @@ def free_port() -> int:
 def bench_model(name: str, args) -> list[dict]:
     port = free_port()
     child = mp.get_context("spawn").Process(
-        target=serve, args=(name, port, args.max_batch, args.threads), daemon=True
+        target=serve,
+        args=(name, port, args.max_batch, args.threads, args.dtype, args.quantize),
+        daemon=True,
     )
     child.start()
     url = f"http://127.0.0.1:{port}"
@@ -180,7 +238,8 @@ def bench_model(name: str, args) -> list[dict]:
     base = rows[0]["tok_s"]
     print(
         f"\n{name}: {args.tokens} tokens per client, {args.prompt_len}-token prompts, "
-        f"max batch {args.max_batch}, {args.threads} torch threads, best of {args.rounds} rounds"
+        f"max batch {args.max_batch}, {args.threads} torch threads, {args.dtype}"
+        f"{' + int8' if args.quantize else ''}, best of {args.rounds} rounds"
     )
     print(
         f"{'clients':>8} {'tokens':>7} {'wall s':>8} {'agg tok/s':>10} {'vs 1':>6} {'TTFT mean':>10} {'TTFT max':>9}"
@@ -206,17 +265,36 @@ def main() -> None:
         "--rounds", type=int, default=2, help="repeat all client counts; keep the best"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--quantize", default=None, choices=["int8"])
     args = parser.parse_args()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else "?"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads available, server uses {args.threads}"
+        f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads "
+        f"available, server uses {args.threads}; load average {load}"
     )
+    verdicts = []
     for name in args.models:
-        bench_model(name, args)
-        ceiling = decode_ceiling(name, args.threads, args.prompt_len)
+        rows = bench_model(name, args)
+        ceiling = decode_ceiling(name, args)
         print(
             f"model alone (no server), one decode step: batch 1 {ceiling[1]:.1f} tok/s, "
             f"batch 16 {ceiling[16]:.1f} tok/s, {ceiling[16] / ceiling[1]:.2f}x"
         )
+        p = step_profile(name, args)
+        print(
+            f"16-row decode step of the engine's Batch: {p['step'] * 1e3:.1f} ms = forward "
+            f"{p['forward'] * 1e3:.1f} ms ({100 * p['forward'] / p['step']:.0f}%) + sampling "
+            f"{p['sampling'] * 1e3:.1f} ms ({100 * p['sampling'] / p['step']:.0f}%) + bookkeeping "
+            f"and Python per row {p['rest'] * 1e3:.1f} ms ({100 * p['rest'] / p['step']:.0f}%)"
+        )
+        by_clients = {r["clients"]: r["tok_s"] for r in rows}
+        if 1 in by_clients and 16 in by_clients:
+            ratio = by_clients[16] / by_clients[1]
+            verdicts.append((name, ratio))
+    for name, ratio in verdicts:
+        verdict = "PASS" if ratio >= 6 else "MISS"
+        print(f"{verdict}  5. {name}: 16 streaming clients = {ratio:.2f}x one client (>= 6x)")
 
 
 if __name__ == "__main__":

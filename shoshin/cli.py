@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
-from shoshin.runs.store import Run, all_runs, effective_status, resolve_run, runs_root
+from shoshin.runs.store import (
+    TRAINING_KINDS,
+    Run,
+    all_runs,
+    effective_status,
+    latest_run,
+    resolve_run,
+    run_kind,
+    runs_root,
+)
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -49,6 +58,8 @@ def run_summary(run: Run) -> dict:
     return {
         "id": run.id,
         "name": m.get("name"),
+        "kind": run_kind(m),  # train | finetune | reproduction | lr-find
+        "reproduction_of": m.get("reproduction_of"),
         "arch": m.get("arch"),
         "params": m.get("params"),
         "steps": m.get("steps", 0),
@@ -120,6 +131,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         [
             s["id"],
             s["name"] or "-",
+            f"reproduces {s['reproduction_of']}" if s["reproduction_of"] else s["kind"],
             s["arch"] or "-",
             _fmt_params(s["params"]),
             str(s["steps"]),
@@ -129,13 +141,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         ]
         for s in summaries
     ]
-    headers = ["id", "name", "arch", "params", "steps", "best val", "status", "duration"]
+    headers = ["id", "name", "kind", "arch", "params", "steps", "best val", "status", "duration"]
     if any(s["error"] for s in summaries):  # why a run failed, in a last column
         headers.append("error")
         for row, s in zip(rows, summaries, strict=True):
             error = s["error"] or ""
             row.append(error if len(error) <= 70 else error[:67] + "...")
     print_table(headers, rows)
+    if any(s["kind"] in TRAINING_KINDS for s in summaries):
+        latest = latest_run(runs_root(args.runs_dir)).id
+        print(f"\nlatest = {latest} (the newest train or finetune run)")
     return 0
 
 
@@ -191,14 +206,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from shoshin.evaluation.record import read_records
+
     run = resolve_run(args.run, runs_root(args.runs_dir))
     manifest = run.manifest
     manifest["status"] = effective_status(manifest)
     metrics = run.metrics()
+    records = read_records(run.path)
     if args.json:
         print(
             json.dumps(
-                {"manifest": manifest, "config": run.config.to_dict(), "metrics": metrics}, indent=2
+                {
+                    "manifest": manifest,
+                    "config": run.config.to_dict(),
+                    "metrics": metrics,
+                    "eval": [asdict(r) for r in records],
+                },
+                indent=2,
             )
         )
         return 0
@@ -210,6 +236,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f" ({manifest['error']})" if manifest.get("error") else "")
     )
     print(f"command   {' '.join(manifest.get('command', []))}")
+    if summary["reproduction_of"]:
+        print(f"kind      reproduction of {summary['reproduction_of']}")
+    elif summary["kind"] not in TRAINING_KINDS:
+        print(f"kind      {summary['kind']}")
     print(f"started   {manifest.get('start_time')}   ended {manifest.get('end_time') or '-'}")
     print(
         f"model     {manifest.get('arch', '-')}, {_fmt_params(manifest.get('params'))} parameters"
@@ -256,6 +286,19 @@ def cmd_show(args: argparse.Namespace) -> int:
                 for r in evals[-10:]
             ],
         )
+    if records:
+        print("eval (shoshin eval; eval/ folder):")
+        print_table(
+            ["  record", "checkpoint", "metrics"],
+            [
+                [
+                    f"  {r.name}",
+                    r.checkpoint or "-",
+                    ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items()),
+                ]
+                for r in records
+            ],
+        )
     return 0
 
 
@@ -277,13 +320,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation import Engine
     from shoshin.generation.chat import ChatSession, run_terminal_chat
+    from shoshin.loading import resolve_source
 
+    source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # an invalid byte typed or piped in becomes U+FFFD
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
-    print(f"chatting with {args.run} ({model.config.arch}, context {window or 'unlimited'} tokens)")
+    name = source.id if isinstance(source, Run) else source
+    print(f"chatting with {name} ({model.config.arch}, context {window or 'unlimited'} tokens)")
     run_terminal_chat(session)
     return 0
 
@@ -295,6 +341,25 @@ def _load_for_inference(args: argparse.Namespace):
 
     model, tok = load(args.run, args.checkpoint, args.runs_dir)  # a run or an HF checkpoint
     return prepare_for_inference(model, args.dtype, args.quantize), tok
+
+
+def _add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --quantize, with what is fastest on this CPU (shoshin.generation.precision)."""
+    from shoshin.generation.precision import fastest_on_this_cpu
+
+    fastest = fastest_on_this_cpu().replace("%", "%%")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help=f"weights and activations (fp32 is exact: it equals --no-cache); {fastest}",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+    )
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -372,7 +437,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
     )
-    serve(load_app(args.run, config, args.checkpoint, args.runs_dir), args.host, args.port)
+    app = load_app(args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize)
+    serve(app, args.host, args.port)
     return 0
 
 
@@ -424,6 +490,41 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     )
     print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.rule})")
     print(f"plot: {result.plot}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shoshin.evaluation.evaluate import evaluate, load_subject
+
+    if args.limit is not None and args.limit <= 0:
+        raise ShoshinError("--limit must be positive (a count, or a fraction below 1)")
+    if args.max_documents < 1:
+        raise ShoshinError("--max-documents must be at least 1")
+    subject = load_subject(args.run, args.checkpoint, args.runs_dir)
+    against = load_subject(args.against, "latest", args.runs_dir) if args.against else None
+    tasks = [t.strip() for value in args.tasks for t in value.split(",") if t.strip()]
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    records = evaluate(
+        subject,
+        ["shoshin", *sys.argv[1:]],
+        tasks=tasks,
+        include_path=args.include_path,
+        limit=int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit,
+        num_fewshot=args.num_fewshot,
+        chat=args.chat,
+        data=args.data,
+        max_documents=args.max_documents,
+        max_tokens=args.max_tokens or None,
+        against=against,
+        params=_sampling_params(args),
+        prompts=args.prompts,
+        out=args.out,
+        log=log,
+    )
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in records], indent=2))
     return 0
 
 
@@ -539,12 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     generation = argparse.ArgumentParser(add_help=False)
     _add_sampling_options(generation)
     generation.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
-    generation.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and activations"
-    )
-    generation.add_argument(
-        "--quantize", choices=["int8"], default=None, help="int8 weight-only quantization"
-    )
+    _add_precision_options(generation)
 
     p = sub.add_parser("sample", parents=[common, generation], help="generate text from a run")
     p.add_argument(
@@ -605,7 +701,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )
+    _add_precision_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="score a model: held-out chat scores, lm-evaluation-harness tasks, pairwise",
+        description="Held-out scores of the validation conversations (no extra needed), "
+        "lm-evaluation-harness tasks (--tasks; pip install 'shoshin[eval]') and a judge-free "
+        "comparison with another run (--against); recorded in the run's eval/ folder.",
+    )
+    p.add_argument(
+        "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        help="lm-evaluation-harness tasks (repeat or comma-separate: --tasks hellaswag,arc_easy)",
+    )
+    p.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAML files")
+    p.add_argument(
+        "--limit", type=float, help="at most N samples per task (a fraction below 1: that share)"
+    )
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (task default)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="generation tasks through /v1/chat/completions with the chat template",
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="held-out data to score instead of the run's validation split (e.g. a .jsonl chat)",
+    )
+    p.add_argument(
+        "--max-documents",
+        type=int,
+        default=200,
+        help="held-out conversations (or texts) to score, the first N (default 200)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32_768,
+        help="of the run's validation split, at most this many tokens (0: no limit)",
+    )
+    p.add_argument(
+        "--against", metavar="RUN_B", help="compare with another run on the same held-out chats"
+    )
+    p.add_argument(
+        "--prompts", type=int, default=20, help="with --against: prompts both models answer"
+    )
+    p.add_argument(
+        "--out", metavar="FILE.md", help="with --against: where to write the replies side by side"
+    )
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_sampling_options(p)
+    p.set_defaults(func=cmd_eval, max_new_tokens=64, temperature=0.8, top_k=50, seed=0)
 
     p = sub.add_parser(
         "estimate", help="parameters, FLOPs, memory and predicted time before training"

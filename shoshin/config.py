@@ -63,7 +63,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "chitchat"  # a .txt file or folder, a .jsonl chat file, or chitchat
+    source: str = "chitchat"  # .txt file or folder, .jsonl chat file, chitchat, hf:NAME, hf:/folder
+    hf_split: str = "train"  # hf: sources: the split to read (slices such as train[:10%] too)
+    hf_column: str = ""  # hf: sources: a text or OpenAI-format messages column; "" = detect
+    hf_revision: str = ""  # hf: hub datasets: a branch, tag or commit; "" = the newest
     tokenizer: str = "bpe"  # char | bpe | pretrained (the checkpoint's; set by shoshin finetune)
     vocab_size: int = 2048  # bpe only
     val_fraction: float = 0.1

@@ -67,6 +67,26 @@ def test_cached_sampling_equals_naive_with_the_same_seed(kind):
     assert Engine(model).generate([1, 2, 3], SamplingParams(60, **params)) == naive
 
 
+@pytest.mark.parametrize("kind", ["gpt-pre", "lstm"])
+def test_prefill_projects_only_the_positions_it_samples(kind):
+    """Prompts of 9 and 4 tokens prefilled together: the head sees one position per row (not 2 x 9),
+    unless prompt log-probabilities are asked for; the logits are those of a full pass."""
+    model = tiny_model(kind)
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    engine = Engine(model)
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7, 1, 8]]
+    batch = engine.new_batch(2)
+    batch.add({0: engine.generation(prompts[0], GREEDY), 1: engine.generation(prompts[1], GREEDY)})
+    assert seen and all(shape[:2] == (shape[0], 1) for shape in seen), seen
+    for b, prompt in enumerate(prompts):
+        full = model(torch.tensor([prompt]))[0, -1]
+        torch.testing.assert_close(batch.rows[b].logits, full, atol=1e-5, rtol=1e-5)
+    seen.clear()
+    engine.score([3, 1, 4, 1, 5], top=2)
+    assert seen[0][1] == 5  # a scoring pass needs every position's logits
+
+
 def test_shoshin_generate_uses_the_engine_or_the_reference():
     model = tiny_model("gpt-pre")
     fast = shoshin.generate(model, [5, 6], 50, temperature=0)
@@ -223,6 +243,40 @@ def test_bf16_and_int8_models_track_the_fp32_model(kind):
             assert len(out) == 20
     with pytest.raises(ShoshinError):
         prepare_for_inference(model, "fp8")
+
+
+def test_reduced_precision_uses_this_cpus_fast_kernels_and_every_fallback_agrees(monkeypatch):
+    """int8 runs FBGEMM's int8 kernels on x86 and bf16 oneDNN's packed weights where the CPU has
+    bf16 instructions; the fallbacks (PyTorch's int8-weight kernel, plain bf16 Linear) agree with
+    fp32 within the same tolerances (max |logit error| / max |logit| < 0.05)."""
+    import copy
+
+    from shoshin.generation import precision
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB)
+    model = build_model(config).eval()
+    x = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        ref = model(x)
+
+        def rel_err(m):
+            return float((m(x).float() - ref).abs().max() / ref.abs().max())
+
+        int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
+        head = int8.lm_head
+        assert (head.packed is not None) == precision.fbgemm_int8_available()
+        assert rel_err(int8) < 0.05
+        bf16 = prepare_for_inference(copy.deepcopy(model), "bf16")
+        packed = isinstance(bf16.lm_head, precision.PackedLinear)
+        assert packed == precision.cpu_has_bf16_matmul()
+        assert rel_err(bf16) < 0.05
+        monkeypatch.setattr(precision, "fbgemm_int8_available", lambda: False)
+        monkeypatch.setattr(precision, "cpu_has_bf16_matmul", lambda: False)
+        plain_int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
+        assert plain_int8.lm_head.packed is None and rel_err(plain_int8) < 0.05
+        plain_bf16 = prepare_for_inference(copy.deepcopy(model), "bf16")
+        assert isinstance(plain_bf16.lm_head, torch.nn.Linear) and rel_err(plain_bf16) < 0.05
 
 
 # -- text at the edges ------------------------------------------------------------------------

@@ -413,6 +413,8 @@ def test_shoshin_serve_cli_on_a_trained_run(tmp_path):
             str(port),
             "--threads",
             "1",
+            "--quantize",
+            "int8",  # the fast path a user picks; server == naive is held in fp32 elsewhere
         ],
         env={**os.environ, "SHOSHIN_API_KEY": "k"},
         stdout=subprocess.PIPE,

@@ -156,6 +156,8 @@ def _cell_result(arch: str, data: str, run: Run | None) -> dict[str, Any]:
     """One leaderboard row from a cell's run."""
     if run is None:
         raise ShoshinError(f"cell {cell_key(arch, data)} has no run; run the matrix again")
+    from shoshin.evaluation.record import eval_metrics
+
     m = run.manifest
     evals = [r for r in run.metrics() if "val_loss" in r]
     last = evals[-1] if evals else {}
@@ -173,6 +175,7 @@ def _cell_result(arch: str, data: str, run: Run | None) -> dict[str, Any]:
         "unit": unit,  # char (char tokenizer) or byte (BPE)
         "tokens_per_sec": m.get("tokens_seen", 0) / elapsed if elapsed else None,
         "train_seconds": elapsed,
+        "eval": eval_metrics(run.path, headline=True),  # end of training and later shoshin eval
     }
 
 
@@ -189,7 +192,9 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
         "",
         f"Budget per cell: {budget}; overrides: {overrides}. Lower loss and bits are better; "
         "bits are per character (char tokenizer) or per UTF-8 byte (BPE), comparable across "
-        "tokenizers where the text is ASCII.",
+        "tokenizers where the text is ASCII. Columns named `heldout.*` score whole validation "
+        "conversations (or texts) at the end of training, `lm-eval.*` are harness tasks that "
+        "`shoshin eval` recorded for a cell's run.",
         "",
     ]
     for data in spec.datasets:
@@ -197,16 +202,20 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
             (c for c in cells if c["data"] == data),
             key=lambda c: math.inf if c["val_loss"] is None else c["val_loss"],
         )
+        evals = sorted({k for c in ranked for k in c.get("eval", {})})  # columns of shoshin eval
         lines += [
             f"## {data}",
             "",
-            "| rank | architecture | val loss | bits | tokens/s | params | steps | run |",
-            "|---:|---|---:|---:|---:|---:|---:|---|",
+            "| rank | architecture | val loss | bits | "
+            + "".join(f"{k} | " for k in evals)
+            + "tokens/s | params | steps | run |",
+            "|---:|---|---:|---:|" + "---:|" * len(evals) + "---:|---:|---:|---|",
         ]
         for rank, c in enumerate(ranked, start=1):
             bits = f"{_fmt(c['bits_per_unit'], '.4f')} /{c['unit']}" if c["unit"] else "-"
+            scores = "".join(f"{_fmt(c.get('eval', {}).get(k), '.4f')} | " for k in evals)
             lines.append(
-                f"| {rank} | {c['arch']} | {_fmt(c['val_loss'], '.4f')} | {bits} | "
+                f"| {rank} | {c['arch']} | {_fmt(c['val_loss'], '.4f')} | {bits} | {scores}"
                 f"{_fmt(c['tokens_per_sec'], ',.0f')} | {_fmt(c['params'], ',')} | "
                 f"{c['steps']} | {c['run']} |"
             )

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,14 @@ from shoshin.data.tokenizers import (
 )
 from shoshin.errors import ShoshinError
 from shoshin.models.loss import IGNORE_INDEX
+from shoshin.progress import SlowWork, format_bytes, format_seconds
 
 CACHE_VERSION = 3  # 2: meta.json holds the split digest and the leakage report
 # 3: text is tokenized as text (a literal <|end|> is not the special token); BOMs are skipped
+
+# A training split beyond this many bytes of text makes learning BPE merges and the overlap check
+# take a noticeable time: the user is told what is happening.
+NOTICEABLE_BYTES = 1_000_000
 
 
 @dataclass
@@ -87,15 +93,27 @@ def prepare_data(cfg: DataConfig, log=print, tokenizer: BpeTokenizer | None = No
     one, after adding the special tokens the corpus needs (`<|endoftext|>`, and the chat roles for
     chat data); the returned PreparedData.tokenizer is that extended tokenizer.
     """
-    corpus = load_corpus(cfg.source, cfg.max_documents)
+    corpus = load_corpus(
+        cfg.source, cfg.max_documents, cfg.hf_split, cfg.hf_column, cfg.hf_revision
+    )
     if tokenizer is not None:
         tokenizer = tokenizer.with_special_tokens(_specials(corpus.kind))
     fingerprint = data_fingerprint(corpus.sha256, cfg, tokenizer.sha256() if tokenizer else None)
     folder = cache_root() / fingerprint[:16]
     if not (folder / "meta.json").exists():
-        log(f"tokenizing {corpus.description} ({len(corpus.documents)} documents) ...")
-        _build_cache(corpus, cfg, folder, fingerprint, tokenizer)
+        unit = "documents" if corpus.kind == "text" else "conversations"
+        size = sum(len(t.encode()) for t in _texts(corpus.kind, corpus.documents))
+        log(
+            f"tokenizing {corpus.description} ({len(corpus.documents):,} {unit}, "
+            f"{format_bytes(size)} of text); later runs reuse the result ..."
+        )
+        started = time.monotonic()
+        _build_cache(corpus, cfg, folder, fingerprint, tokenizer, log)
+        if time.monotonic() - started > 2:
+            log(f"tokenized in {format_seconds(time.monotonic() - started)}")
     meta = json.loads((folder / "meta.json").read_text())
+    if corpus.origin:  # this load's dataset identity (the cache is keyed by content only)
+        meta["hf"] = corpus.origin
     dtype = np.dtype(meta["dtype"])
 
     def split(name: str) -> Split:
@@ -134,11 +152,14 @@ def _texts(kind: str, documents: list) -> list[str]:
     return [m["content"] for conversation in documents for m in conversation]
 
 
-def _encode(kind: str, documents: list, tokenizer: Tokenizer, loss_on: str) -> Split:
+def _encode(
+    kind: str, documents: list, tokenizer: Tokenizer, loss_on: str, progress: SlowWork
+) -> Split:
     eot = tokenizer.special_tokens[EOT]
     ids: list[int] = []
     mask: list[int] = []
     for doc in documents:
+        progress.advance()
         if kind == "text":
             doc_ids = tokenizer.encode(doc)
             doc_mask = [1] * len(doc_ids)
@@ -162,20 +183,29 @@ def _build_cache(
     folder: Path,
     fingerprint: str,
     tokenizer: Tokenizer | None = None,
+    log=print,
 ) -> None:
     removed = 0
     if cfg.dedupe:
         corpus.documents, removed = dedupe(corpus.kind, corpus.documents)
     train_docs, val_docs = split_documents(corpus, cfg.val_fraction, cfg.split_seed)
+    texts = {"train": _texts(corpus.kind, train_docs), "val": _texts(corpus.kind, val_docs)}
+    sizes = {name: sum(len(t.encode()) for t in part) for name, part in texts.items()}
+    noticeable = sizes["train"] > NOTICEABLE_BYTES
     if tokenizer is None:
         # The char vocabulary covers the whole corpus so validation text is representable;
         # BPE merges are learned from the training split only.
-        docs = corpus.documents if cfg.tokenizer == "char" else train_docs
-        vocab_texts = _texts(corpus.kind, docs)
+        vocab_texts = texts["train"] + texts["val"] if cfg.tokenizer == "char" else texts["train"]
+        if cfg.tokenizer == "bpe" and noticeable:
+            size = format_bytes(sizes["train"])
+            log(f"  learning {cfg.vocab_size:,} BPE tokens from {size} of text ...")
         specials = _specials(corpus.kind)
         tokenizer = train_tokenizer(cfg.tokenizer, vocab_texts, cfg.vocab_size, specials)
-    train = _encode(corpus.kind, train_docs, tokenizer, cfg.loss_on)
-    val = _encode(corpus.kind, val_docs, tokenizer, cfg.loss_on)
+    progress = SlowWork("  encoding", len(train_docs) + len(val_docs), log)
+    train = _encode(corpus.kind, train_docs, tokenizer, cfg.loss_on, progress)
+    val = _encode(corpus.kind, val_docs, tokenizer, cfg.loss_on, progress)
+    if noticeable:
+        log("  checking the validation split for text the training split holds ...")
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -205,14 +235,8 @@ def _build_cache(
             },
             "overlap": overlap_report(corpus.kind, train_docs, val_docs),
             "tokens": {"train": int(train.tokens.size), "val": int(val.tokens.size)},
-            "characters": {
-                "train": sum(len(t) for t in _texts(corpus.kind, train_docs)),
-                "val": sum(len(t) for t in _texts(corpus.kind, val_docs)),
-            },
-            "bytes": {
-                "train": sum(len(t.encode()) for t in _texts(corpus.kind, train_docs)),
-                "val": sum(len(t.encode()) for t in _texts(corpus.kind, val_docs)),
-            },
+            "characters": {name: sum(len(t) for t in part) for name, part in texts.items()},
+            "bytes": sizes,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:

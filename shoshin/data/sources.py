@@ -1,7 +1,8 @@
 """Read a corpus into documents: plain-text documents, or chat conversations (lists of messages).
 
 Sources: a `.txt` file (one document), a folder of `.txt` files (one document each), a `.jsonl`
-chat file in the OpenAI messages format, or `chitchat`, the built-in human conversation corpus.
+chat file in the OpenAI messages format, `chitchat` (the built-in human conversation corpus), or
+`hf:...`, a Hugging Face dataset (see shoshin.data.hf_datasets).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from shoshin.data.text import clean_text, decode_utf8
+from shoshin.data.text import BOM, clean_text, decode_utf8
 from shoshin.errors import ShoshinError
 
 ROLES = ("system", "user", "assistant")
@@ -24,24 +26,32 @@ Conversation = list[Message]
 class Corpus:
     kind: str  # "text" or "chat"
     documents: list  # list[str] for text, list[Conversation] for chat
-    sha256: str  # hash of the source bytes
+    sha256: str  # hash of the source bytes (of the documents read, for hf: datasets)
     description: str
+    origin: dict[str, Any] | None = None  # hf: datasets: name, split, column, revision, fingerprint
 
 
-def load_corpus(source: str, max_documents: int = 0) -> Corpus:
-    """Load a corpus by name or path; every user mistake becomes a one-line ShoshinError."""
+def load_corpus(
+    source: str,
+    max_documents: int = 0,
+    hf_split: str = "train",
+    hf_column: str = "",
+    hf_revision: str = "",
+) -> Corpus:
+    """Load a corpus by name or path; every user mistake becomes a one-line ShoshinError.
+
+    hf_split, hf_column and hf_revision choose what an `hf:` source reads (data.hf_* keys).
+    """
     if source == "chitchat":
         corpus = _load_chitchat()
     elif source.startswith("hf:"):
-        raise ShoshinError(
-            f"data.source {source!r}: Hugging Face datasets are not supported yet; "
-            "export it to a .txt or .jsonl file"
-        )
+        corpus = _load_hf(source, hf_split, hf_column, hf_revision)
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise ShoshinError(
-                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat file or chitchat)"
+                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat "
+                "file, chitchat, or a Hugging Face dataset as hf:NAME or hf:/path)"
             )
         if path.is_dir():
             corpus = _load_text_folder(path)
@@ -99,25 +109,47 @@ def _load_chat_jsonl(path: Path) -> Corpus:
         except json.JSONDecodeError as exc:
             raise ShoshinError(f"{where}: malformed JSON ({exc.msg})") from None
         messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise ShoshinError(
-                f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
-            )
-        conversation = []
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise ShoshinError(f"{where}: each message needs a string 'content'")
-            role = message.get("role")
-            if role not in ROLES:
-                raise ShoshinError(
-                    f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
-                )
-            # JSON may escape a lone surrogate ("\ud800"), which is no character: U+FFFD stands in.
-            conversation.append({"role": role, "content": clean_text(message["content"])})
-        conversations.append(conversation)
+        conversations.append(_conversation(messages, where))
     if not conversations:
         raise ShoshinError(f"corpus {path} is empty")
     return Corpus("chat", conversations, hashlib.sha256(data).hexdigest(), str(path))
+
+
+def _conversation(messages: Any, where: str) -> Conversation:
+    """A checked list of OpenAI-format messages (only role and content are kept)."""
+    if not isinstance(messages, list) or not messages:
+        raise ShoshinError(
+            f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
+        )
+    conversation = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ShoshinError(f"{where}: each message needs a string 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ShoshinError(
+                f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+            )
+        # JSON may escape a lone surrogate ("\ud800"), which is no character: U+FFFD stands in.
+        conversation.append({"role": role, "content": clean_text(message["content"])})
+    return conversation
+
+
+def _load_hf(source: str, split: str, column: str, revision: str) -> Corpus:
+    """A Hugging Face dataset: one column of one split, as text documents or conversations."""
+    from shoshin.data.hf_datasets import documents_sha256, load_hf_rows
+
+    kind, values, origin = load_hf_rows(source, split, column, revision)
+    documents: list = []
+    for row, value in enumerate(values):
+        where = f"{source} ({origin['split']}, row {row})"
+        if kind == "chat":
+            documents.append(_conversation(value, where))
+        elif not isinstance(value, str):
+            raise ShoshinError(f"{where}: column {origin['column']!r} is empty (null)")
+        elif (text := value.removeprefix(BOM)).strip():  # Arrow strings hold no surrogates
+            documents.append(text)
+    return Corpus(kind, documents, documents_sha256(kind, documents), source, origin)
 
 
 def _load_chitchat() -> Corpus:

@@ -8,7 +8,9 @@ it is valid Unicode. The rules, applied where text becomes token ids and where f
   replacement character, as a UTF-8 decoder with `errors="replace"` would make of them. The byte
   itself is not kept: text is Unicode, and a model trained on UTF-8 text has no use for it.
 - A surrogate pair left as two code points becomes the one character it encodes.
-- A UTF-8 byte-order mark at the start of a file (every Windows editor writes one) is skipped.
+- A UTF-8 byte-order mark at the start of a file (every Windows editor writes one) is skipped; so
+  is one at the start of a text row of an `hf:` dataset (the `datasets` text and CSV readers keep a
+  file's mark in its first row).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from shoshin.errors import ShoshinError
 
 REPLACEMENT = "\ufffd"
+BOM = "\ufeff"  # the byte-order mark, once decoded
 
 
 def clean_text(text: str) -> str:

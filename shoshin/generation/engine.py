@@ -183,16 +183,16 @@ class Batch:
         if not busy:
             return
         n = busy[-1] + 1
-        tokens = torch.zeros(n, 1, dtype=torch.long, device=self.engine.device)
-        for b in range(n):
+        ids, window, lengths = [0] * n, self.cache.max_len, self.cache.lengths.tolist()
+        for b in range(n):  # plain Python per row: no tensor operation per row
             g = self.rows[b]
             if g is None:
                 self.cache.reset(b)
             else:
-                tokens[b, 0] = g.history.ids[-1]
-                window = self.cache.max_len
-                if window is not None and int(self.cache.lengths[b]) >= window:
+                ids[b] = g.history.ids[-1]
+                if window is not None and lengths[b] >= window:
                     self._refill(b)
+        tokens = torch.tensor(ids, dtype=torch.long).view(n, 1).to(self.engine.device)
         logits = self.model(tokens, cache=self.cache.rows(0, n))[:, -1, :]  # (n, vocab)
         for b in range(n):
             if self.rows[b] is None:
@@ -243,11 +243,17 @@ class Batch:
         ids = torch.zeros(len(rows), T, dtype=torch.long, device=self.engine.device)
         for i, rest in enumerate(rests):
             ids[i, : len(rest)] = torch.tensor(rest, dtype=torch.long)
-        logits = self.model(ids, cache=self.cache.rows(rows[0], rows[-1] + 1))  # (n, T, vocab)
+        last = torch.tensor([len(r) - 1 for r in rests])
+        view = self.cache.rows(rows[0], rows[-1] + 1)
+        if any(self.rows[b].params.prompt_logprobs is not None for b in rows):
+            logits = self.model(ids, cache=view)  # (n, T, vocab)
+        else:  # only the last prompt position is sampled: project only it onto the vocabulary
+            logits = self.model(ids, cache=view, logits_at=last)  # (n, 1, vocab)
+            last = torch.zeros_like(last)
         for i, (b, start, rest) in enumerate(zip(rows, starts, rests, strict=True)):
             self.cache.lengths[b] = start + len(rest)  # forget the padding
             g = self.rows[b]
-            g.logits = logits[i, len(rest) - 1]
+            g.logits = logits[i, int(last[i])]
             if g.params.prompt_logprobs is not None:
                 g.prompt_logprobs = [None] + _logprobs_of(
                     logits[i, : len(rest) - 1], rest[1:], g.params.prompt_logprobs
@@ -260,7 +266,7 @@ class Batch:
         kept = ids[-min(self.engine.keep, self.cache.max_len) : -1]
         if kept:
             x = torch.tensor([kept], dtype=torch.long, device=self.engine.device)
-            self.model(x, cache=self.cache.row(b))
+            self.model(x, cache=self.cache.row(b), logits_at=torch.tensor([len(kept) - 1]))
 
 
 def _token_logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:

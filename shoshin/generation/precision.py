@@ -1,12 +1,30 @@
-"""Reduced-precision inference: bf16 weights and activations, or int8 weight-only quantization.
+"""Reduced-precision inference: bf16 weights and activations, or int8 weights.
 
-Decoding one token at a time reads every weight once per token, so it is limited by memory
-bandwidth: halving or quartering the bytes per weight is the lever. int8 here is weight-only and
-per output channel: w ≈ scale[n] * q[n, k] with q in [-127, 127]; activations stay in float
-(on CPU they enter the int8 matmul kernel as bf16, its fast path).
+Decoding one token at a time reads every weight once per token, so at batch 1 it is limited by
+memory bandwidth and by the per-token cost of the kernels: fewer bytes per weight only pay where a
+kernel turns them into speed. What each Linear layer becomes, by device and CPU:
+
+- fp32 on CPU: `TransposedLinear` (the weight stored (in, out), which BLAS streams faster for
+  one row). Exactly the model's arithmetic: the engine's fp32 output equals the naive path's.
+- bf16 on a CPU with bf16 instructions (AVX-512 BF16 or AMX): `PackedLinear`, the weight reordered
+  once into oneDNN's blocked layout, which its AMX/AVX-512 BF16 kernels read directly (PyTorch's
+  plain bf16 matmul re-packs or takes a slower path on every call). Without those instructions
+  bf16 is plain `nn.Linear` in bf16, and is no faster than fp32.
+- int8 (`Int8Linear`): weights quantized per output channel, w ≈ scale[n] * q[n, k] with q in
+  [-127, 127]. On an x86 CPU the matmul runs in FBGEMM's int8 kernels (VNNI where the CPU has it)
+  with the activations quantized on the fly, as CTranslate2's `int8_float32` does; elsewhere
+  PyTorch's int8-weight kernel (bf16 activations) or, on GPU, a dequantized matmul.
+
+Reduced precision changes the arithmetic: outputs agree with fp32 within a tolerance (tests state
+it), and int8 rows of one batch share an activation range per matmul, so only fp32 promises that a
+row's tokens are the same alone and in a batch.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,6 +40,61 @@ DTYPES = {
 }
 
 
+@functools.cache
+def cpu_features() -> dict[str, bool | str]:
+    """What this CPU offers reduced precision: ATen's dispatch level and the matrix instructions
+    that make bf16 and int8 pay (read from PyTorch and /proc/cpuinfo, never assumed)."""
+    flags: set[str] = set()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "model name" and not model:
+                model = value.strip()
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": "avx512_bf16" in flags or torch.cpu._is_avx512_bf16_supported(),
+        "amx_bf16": "amx_bf16" in flags or torch.cpu._is_amx_tile_supported(),
+        "amx_int8": "amx_int8" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags) or torch.cpu._is_vnni_supported(),
+    }
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX-512 BF16 or AMX)."""
+    f = cpu_features()
+    return bool(f["avx512_bf16"] or f["amx_bf16"]) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def fbgemm_int8_available() -> bool:
+    """True when PyTorch's x86 int8 kernels (FBGEMM dynamic quantization) can run here."""
+    return (
+        hasattr(torch.ops.quantized, "linear_dynamic")
+        and "x86" in torch.backends.quantized.supported_engines
+    )
+
+
+def fastest_on_this_cpu() -> str:
+    """One sentence for --help: which precision decodes fastest on this CPU, and why."""
+    f = cpu_features()
+    bf16 = (
+        "--dtype bf16 is faster than fp32"
+        if cpu_has_bf16_matmul()
+        else ("--dtype bf16 will not be faster than fp32 (no AVX-512 BF16 or AMX)")
+    )
+    int8 = (
+        "--quantize int8 is fastest (int8 kernels with VNNI)"
+        if fbgemm_int8_available() and f["vnni"]
+        else "--quantize int8 reads 4x fewer bytes but this CPU has no VNNI"
+    )
+    return f"on this CPU ({f['model'] or f['capability']}): {int8}; {bf16}"
+
+
 class Int8Linear(nn.Module):
     """A Linear layer whose weight is stored as int8 with one float scale per output channel."""
 
@@ -29,26 +102,64 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-        self.register_buffer("weight", torch.round(w / scale[:, None]).to(torch.int8))  # (out, in)
-        self.register_buffer("scale", scale.to(linear.weight.dtype))
+        q = torch.round(w / scale[:, None]).to(torch.int8)  # (out, in)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.packed = None  # FBGEMM's packed int8 weight and bias (x86 CPU), else the buffers
+        if w.device.type == "cpu" and fbgemm_int8_available():
+            self.packed = _fbgemm_pack(q, scale, bias)
+            for name in ("weight", "scale", "bias"):
+                self.register_buffer(name, None)
+        else:
+            self.register_buffer("weight", q)
+            self.register_buffer("scale", scale.to(linear.weight.dtype))
+            self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
+            self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            # activations are quantized on the fly (one range per call), accumulated in int32,
+            # and the bias added in the same kernel
+            y = torch.ops.quantized.linear_dynamic(x.float(), self.packed, False)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
+        if x.device.type == "cpu":
+            # PyTorch's fused int8-weight kernel (no dequantized copy of the weight in memory);
+            # it takes bf16 activations and a bf16 scale.
+            x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scale_bf16)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """FBGEMM's packed form of int8 weights q (out, in) with per-channel scales (out,) and a
+    float bias."""
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():  # PyTorch flags quantized tensors for a future removal
+        warnings.simplefilter("ignore")
+        zeros = torch.zeros(q.shape[0], dtype=torch.long)
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
+
+
+class PackedLinear(nn.Module):
+    """A bf16 Linear layer whose weight is reordered once into oneDNN's blocked layout (CPU).
+
+    Inference only: the packed weight is an opaque oneDNN tensor (no state_dict, no .to()).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().to(torch.bfloat16)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)  # laid out for decoding
         bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x.device.type == "cpu":
-            # PyTorch's fused int8-weight kernel (no dequantized copy of the weight in memory);
-            # its bf16 path is the fast one on CPU, so fp32 inputs are rounded to bf16 for it.
-            bf16 = torch.bfloat16
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(bf16), self.weight, self.scale.to(bf16))
-            y = y.to(x.dtype)
-        else:
-            y = F.linear(x2, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*shape[:-1], self.out_features)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 class TransposedLinear(nn.Module):
@@ -93,8 +204,8 @@ def prepare_for_inference(
 ) -> nn.Module:
     """Ready `model` for generation, in place: eval mode, dtype fp32|bf16, quantize None|int8.
 
-    On CPU, fp32 Linear layers are re-stored transposed (TransposedLinear) for faster decoding;
-    the model is then for inference only (a tied lm_head gets its own copy of the embedding).
+    Linear layers are replaced by the fastest form for the device and CPU (see the module's
+    docstring); the model is then for inference only (a tied lm_head gets its own copy).
     """
     if dtype not in DTYPES:
         raise ShoshinError(f"dtype must be one of fp32, bf16; got {dtype!r}")
@@ -102,8 +213,11 @@ def prepare_for_inference(
         raise ShoshinError(f"quantize must be int8 (or none); got {quantize!r}")
     model.eval()
     model.to(DTYPES[dtype])
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if quantize == "int8":
         quantize_int8(model)
-    elif dtype in ("fp32", "float32") and next(model.parameters()).device.type == "cpu":
-        _replace_linears(model, TransposedLinear)  # (bf16 matmuls are slower transposed)
+    elif on_cpu and DTYPES[dtype] == torch.float32:
+        _replace_linears(model, TransposedLinear)
+    elif on_cpu and cpu_has_bf16_matmul():
+        _replace_linears(model, PackedLinear)
     return model

@@ -161,10 +161,13 @@ def sample_next(
 
     Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
-    with one uniform number from their own generator.
+    with one uniform number from their own generator. Rows are computed together (no Python
+    loop over the vocabulary), except the per-row options that need one.
     """
-    x = logits.float().clone()  # (B, V)
-    B, V = x.shape
+    B, V = logits.shape
+    x = logits.float()
+    if any(p.logit_bias or p.penalised for p in params):
+        x = x.clone()  # (B, V): changed in place below
     for b, (p, history) in enumerate(zip(params, histories, strict=True)):
         if p.logit_bias:
             ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=x.device)
@@ -172,18 +175,53 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
-    tokens = x.argmax(dim=-1)  # (B,): the greedy rows' answer
+    tokens = torch.zeros(B, dtype=torch.long, device=x.device)
+    greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]
-    if not sampled:
-        return tokens
-    rows = torch.tensor(sampled, device=x.device)
-    z = x[rows] / torch.tensor([params[b].temperature for b in sampled], device=x.device)[:, None]
-    z = _truncate(z, [params[b] for b in sampled])
-    cdf = z.softmax(dim=-1).double().cumsum(dim=-1)  # (S, V); float64: the last entry is ~1 exactly
-    u = torch.stack([torch.rand((), generator=generators[b], dtype=torch.float64) for b in sampled])
-    draw = torch.searchsorted(cdf, (u * cdf[:, -1]).to(cdf.device)[:, None], right=True)
-    tokens[rows] = draw[:, 0].clamp(max=V - 1)
+    if greedy:
+        rows = torch.tensor(greedy, device=x.device)
+        tokens[rows] = (x if len(greedy) == B else x[rows]).argmax(dim=-1)
+    if sampled:
+        rows = torch.tensor(sampled, device=x.device)
+        z = x if len(sampled) == B else x[rows]
+        temperatures = [params[b].temperature for b in sampled]
+        if any(t != 1.0 for t in temperatures):
+            z = z / torch.tensor(temperatures, device=x.device)[:, None]
+        z = _truncate(z, [params[b] for b in sampled])
+        u = [torch.rand((), generator=generators[b], dtype=torch.float64) for b in sampled]
+        tokens[rows] = _inverse_transform(z.softmax(dim=-1), torch.stack(u).to(x.device))
     return tokens
+
+
+BLOCK = 256  # vocabulary entries per block of the two-level inverse transform
+
+
+def _inverse_transform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row of probs (S, V) given a uniform number per row (S,) in [0, 1).
+
+    The smallest token whose cumulative probability exceeds u x the total, found in two levels
+    (which block of BLOCK tokens, then where in it) so that only one block per row is summed token
+    by token; that sum is in float64, and a token of probability 0 is never drawn.
+    """
+    S, V = probs.shape
+    full = V // BLOCK * BLOCK
+    sums = [probs[:, :full].view(S, -1, BLOCK).sum(dim=-1)] if full else []
+    if full < V:
+        sums.append(probs[:, full:].sum(dim=-1, keepdim=True))
+    block_cdf = torch.cat(sums, dim=-1).double().cumsum(dim=-1)  # (S, blocks)
+    target = u * block_cdf[:, -1]  # (S,)
+    last_block = block_cdf.size(1) - 1
+    block = torch.searchsorted(block_cdf, target[:, None], right=True)[:, 0].clamp(max=last_block)
+    rows = torch.arange(S, device=probs.device)
+    before = torch.where(block > 0, block_cdf[rows, (block - 1).clamp(min=0)], 0.0)
+    index = block[:, None] * BLOCK + torch.arange(BLOCK, device=probs.device)  # (S, BLOCK)
+    inside = probs.gather(1, index.clamp(max=V - 1)).double().masked_fill(index >= V, 0.0)
+    within = torch.searchsorted(
+        before[:, None] + inside.cumsum(dim=-1), target[:, None], right=True
+    )
+    # Rounding may put the target past the block's own sum: take its last possible token then.
+    last = BLOCK - 1 - (inside > 0).flip(-1).int().argmax(dim=-1)
+    return block * BLOCK + torch.minimum(within[:, 0], last)
 
 
 def _penalise(x: torch.Tensor, p: SamplingParams, history: TokenHistory) -> None:

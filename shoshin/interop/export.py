@@ -4,6 +4,11 @@ GPT-2-layout (pre-norm) models become `GPT2LMHeadModel`, GPT-1-layout (post-norm
 `OpenAIGPTLMHeadModel`; the tokenizer is written as `tokenizer.json` for `PreTrainedTokenizerFast`,
 with a chat template when the run was trained on chat, so `apply_chat_template` renders the
 same `<|role|>content<|end|>` format the model learned.
+
+`generation_config.json` lists as `eos_token_id` the ids `shoshin sample` stops at
+(`shoshin.data.chat.stop_token_ids`: `<|end|>`, `<|endoftext|>` and the role tokens), so
+`model.generate` on the export ends a reply where shoshin does. A chat run's end-of-sequence token
+(config.json, tokenizer) is `<|end|>`, the end of every message.
 """
 
 from __future__ import annotations
@@ -16,19 +21,25 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from shoshin.data.chat import is_chat_tokenizer
-from shoshin.data.tokenizers import EOT, BpeTokenizer
+from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
+from shoshin.data.tokenizers import END, EOT, BpeTokenizer
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import shoshin_to_hf
 from shoshin.loading import load
 from shoshin.models import GPT
 
+# shoshin.data.chat.render_chat in Jinja, for transformers' apply_chat_template (tests hold the two
+# to the same ids). A role without a token is an error, as in shoshin, not text that looks like one.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('the roles are system, user and assistant, not ' + message['role']) }}"
+    "{% endif %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 looks for it
 
 
 def export(
@@ -51,26 +62,40 @@ def export(
         )
     hf_config, tensors = shoshin_to_hf(model)
     specials = tokenizer.special_tokens
+    chat = is_chat_tokenizer(tokenizer)
     eot = specials.get(EOT)
-    hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    eos = END if chat else EOT
+    hf_config.update(bos_token_id=eot, eos_token_id=specials.get(eos))
+    generation_config = {
+        key: value
+        for key, value in (
+            ("bos_token_id", eot),
+            ("eos_token_id", stop_token_ids(tokenizer)),  # generate() stops at any of them
+            ("pad_token_id", eot),  # what generate() pads a batch with
+        )
+        if value not in (None, [])  # a bare GPT-1 checkpoint has no <|endoftext|>
+    }
     tokenizer_config: dict = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model.config.block_size,
         "clean_up_tokenization_spaces": False,
     }
     if eot is not None:
-        tokenizer_config.update(bos_token=EOT, eos_token=EOT)
+        tokenizer_config.update(bos_token=EOT, eos_token=eos, pad_token=EOT)
     if "<unk>" in specials:
         tokenizer_config["unk_token"] = "<unk>"
-    if is_chat_tokenizer(tokenizer):
-        tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    if chat:
+        tokenizer_config["chat_template"] = CHAT_TEMPLATE  # transformers < 4.47 reads it here
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+        if chat:
+            (tmp / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
         tokenizer.save(tmp)  # tokenizer.json
         if out.exists():
             out.rmdir()  # empty, checked above

@@ -3,8 +3,9 @@ known architectures.
 
 `ARCHITECTURES` is the one list of what `model.arch` may name: config validation, `build_model`,
 the cost estimate and the error for an unknown name all read it. Adding a model: write its module
-(an nn.Module taking a ModelConfig, with `forward(idx, targets=None, cache=None)`, `new_cache`, and
-the two generation declarations `context_window` and `right_padding_safe`), then add an entry here.
+(an nn.Module taking a ModelConfig, with `forward(idx, targets=None, cache=None, logits_at=None)`,
+`new_cache` (whose `lengths` is a CPU tensor), and the two generation declarations
+`context_window` and `right_padding_safe`), then add an entry here.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ different lengths (and requests that join a running batch) share one cache.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,15 +25,17 @@ from shoshin.models.loss import head_loss
 class KVCache:
     """Preallocated keys and values of every layer, with an explicit length per batch row.
 
-    k, v: (n_layer, B, nh, max_len, hs). lengths: (B,) tokens already cached in each row; the
-    model appends the new tokens' keys/values at those positions and then advances `lengths`.
+    k, v: (n_layer, B, nh, max_len, hs). lengths: (B,) tokens already cached in each row, kept on
+    the host (CPU) whatever the device: the engine's bookkeeping reads it every step, and a host
+    copy costs no device synchronisation. The model appends the new tokens' keys/values at those
+    positions and then advances `lengths`.
     """
 
     def __init__(self, n_layer, batch_size, n_head, head_dim, max_len, device=None, dtype=None):
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)
         self.max_len = max_len
 
     def row(self, b: int) -> KVCache:
@@ -53,15 +56,35 @@ class KVCache:
         else:
             self.lengths[b] = 0
 
-    def attention_mask(self, T: int) -> torch.Tensor | None:
-        """Boolean mask (B, 1, T, S) over the S cached positions for T new tokens, or None if none is needed."""
-        starts = self.lengths
-        if T == 1 and bool((starts == starts[0]).all()):
-            return None  # one new token per row, all rows equally long: it may see every cached key
-        S = int(starts.max()) + T
-        q_pos = starts[:, None] + torch.arange(T, device=starts.device)  # (B, T) absolute positions
-        k_pos = torch.arange(S, device=starts.device)  # (S,)
-        return (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
+    def plan(self, T: int, device: torch.device) -> CacheStep:
+        """Where the next forward pass of T new tokens per row writes, and what it attends over.
+
+        Planned once per forward on the host, so that the layers run without reading anything
+        back from the device (and a compiled decode step sees no data-dependent Python).
+        """
+        lengths = self.lengths.tolist()
+        if max(lengths) + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {max(lengths)} + {T} > {self.max_len}")
+        starts = self.lengths.to(device, non_blocking=True)
+        span = max(lengths) + T
+        uniform = lengths.count(lengths[0]) == len(lengths)
+        mask = None
+        if not (uniform and T == 1):  # else one new token per row may see every cached key
+            q_pos = starts[:, None] + torch.arange(T, device=device)  # (B, T) absolute positions
+            k_pos = torch.arange(span, device=device)  # (S,)
+            mask = (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
+        return CacheStep(lengths[0] if uniform else None, lengths, starts, span, mask)
+
+
+@dataclass
+class CacheStep:
+    """One forward pass's use of a KVCache, planned on the host (see KVCache.plan)."""
+
+    start: int | None  # every row's length, when all rows are equally long
+    lengths: list[int]  # each row's length (host copy)
+    starts: torch.Tensor  # (B,) the same on the model's device: positions and write indices
+    span: int  # S: cached positions attended to, the longest row's length + T
+    mask: torch.Tensor | None  # (B, 1, T, S), or None when every new token sees all S
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,7 +104,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
-        mask: torch.Tensor | None = None,
+        step: CacheStep | None = None,
     ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -93,29 +116,26 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )  # (B, nh, T, hs)
         else:
-            k, v = self._append(cache, layer, k, v)  # (B, nh, S, hs): everything cached so far
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
+            k, v = self._append(cache, layer, step, k, v)  # (B, nh, S, hs): all cached so far
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
 
     @staticmethod
-    def _append(cache: KVCache, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def _append(cache: KVCache, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
         """Write the new keys/values at each row's length; return the cached keys/values to attend over."""
         B, _, T, _ = k.shape
-        starts = cache.lengths
         ck, cv = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs)
-        if bool((starts == starts[0]).all()):
-            s = int(starts[0])
+        if step.start is not None:
+            s = step.start
             ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
         elif T == 1:
             rows = torch.arange(B, device=k.device)
-            ck[rows, :, starts], cv[rows, :, starts] = k[:, :, 0], v[:, :, 0]
+            ck[rows, :, step.starts], cv[rows, :, step.starts] = k[:, :, 0], v[:, :, 0]
         else:
-            for b in range(B):
-                s = int(starts[b])
+            for b, s in enumerate(step.lengths):
                 ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
-        S = int(starts.max()) + T
-        return ck[:, :, :S], cv[:, :, :S]
+        return ck[:, :, : step.span], cv[:, :, : step.span]
 
 
 class MLP(nn.Module):
@@ -140,12 +160,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, mask=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, step=None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), cache, layer, mask)
+            x = x + self.attn(self.ln_1(x), cache, layer, step)
             x = x + self.mlp(self.ln_2(x))
         else:
-            x = self.ln_1(x + self.attn(x, cache, layer, mask))
+            x = self.ln_1(x + self.attn(x, cache, layer, step))
             x = self.ln_2(x + self.mlp(x))
         return x
 
@@ -206,30 +226,32 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead.
 
         With a cache, idx holds only the new tokens of each row; they are appended to the cache.
+        With logits_at (B,), only the logits at that position of each row, (B, 1, vocab): a
+        prefill needs just the last prompt token's, and the vocabulary projection of every other
+        position would be the largest matmul of the pass.
         """
         B, T = idx.size()
+        step = None
         if cache is None:
             if T > self.config.block_size:
                 raise ValueError(f"{T} tokens is longer than block_size {self.config.block_size}")
             pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-            mask = None
         else:
-            if int(cache.lengths.max()) + T > cache.max_len:
-                raise ValueError(
-                    f"KV cache overflow: {int(cache.lengths.max())} + {T} > {cache.max_len}"
-                )
-            pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
-            mask = cache.attention_mask(T)
+            step = cache.plan(T, idx.device)
+            pos = step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block(x, cache, i, mask)
+            x = block(x, cache, i, step)
         if cache is not None:
             cache.lengths += T  # advanced once, by the model, after every layer has written
         x = self.ln_f(x)
-        if targets is None:
-            return self.lm_head(x)  # (B, T, vocab)
-        return head_loss(self.lm_head, x, targets)
+        if targets is not None:
+            return head_loss(self.lm_head, x, targets)
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
+        return self.lm_head(x)  # (B, T or 1, vocab)

@@ -13,12 +13,13 @@ class LSTMState:
     """The carried recurrent state (h, c), each (n_layer, B, C), and how many tokens each row has read.
 
     The LSTM's counterpart of the GPT's KV cache: forward reads it and replaces it in place.
+    `lengths` lives on the host (CPU), as the KV cache's does.
     """
 
     def __init__(self, n_layer, batch_size, hidden, device=None, dtype=None):
         self.h = torch.zeros(n_layer, batch_size, hidden, device=device, dtype=dtype)
         self.c = torch.zeros(n_layer, batch_size, hidden, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)
         self.max_len = None  # no position limit: the state summarises the whole history
 
     def row(self, b: int) -> LSTMState:
@@ -75,10 +76,12 @@ class LSTM(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: LSTMState | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead.
 
         Without a state, every window starts from zero; with one, it continues from it and updates it.
+        With logits_at (B,), only the logits at that position of each row, (B, 1, vocab).
         """
         x = self.drop(self.wte(idx))  # (B, T, C)
         if cache is None:
@@ -89,6 +92,10 @@ class LSTM(nn.Module):
             cache.c.copy_(c)
             cache.lengths += idx.size(1)
         out = self.drop(out)
-        if targets is None:
-            return self.lm_head(out)  # (B, T, vocab)
-        return head_loss(self.lm_head, out, targets)
+        if targets is not None:
+            return head_loss(self.lm_head, out, targets)
+        if logits_at is not None:
+            out = out[torch.arange(out.size(0), device=out.device), logits_at.to(out.device)][
+                :, None
+            ]
+        return self.lm_head(out)  # (B, T or 1, vocab)

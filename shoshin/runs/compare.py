@@ -198,7 +198,10 @@ def compare_code(runs: list[Run]) -> dict[str, Any]:
 
 
 def run_metrics(run: Run) -> dict[str, Any]:
-    """The headline numbers of a run: final and best val loss, steps, tokens/s, duration."""
+    """The headline numbers of a run: final and best val loss, steps, tokens/s, duration, and
+    every recorded evaluation (`eval`: `heldout.loss`, `lm-eval.<task>.acc`, ...)."""
+    from shoshin.evaluation.record import eval_metrics
+
     m = run.manifest
     rows = run.metrics()
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
@@ -211,6 +214,7 @@ def run_metrics(run: Run) -> dict[str, Any]:
         "steps": m.get("steps", max((r["step"] for r in rows), default=0)),
         "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "duration_seconds": m.get("elapsed_seconds"),
+        "eval": eval_metrics(run.path),
     }
 
 
@@ -228,6 +232,8 @@ def compare_runs(runs: list[Run]) -> dict[str, Any]:
         for key in ("final_val_loss", "best_val_loss", "tokens_per_sec", "duration_seconds"):
             first = metrics[0][key]
             row[f"delta_{key}"] = None if row[key] is None or first is None else row[key] - first
+        base = metrics[0]["eval"]
+        row["delta_eval"] = {k: v - base[k] for k, v in row["eval"].items() if k in base}
     return {
         "runs": [r.id for r in runs],
         "config": _differing(_by_key([r.config.to_dict() for r in runs])),
@@ -332,6 +338,18 @@ def format_report(report: dict[str, Any]) -> str:
         )
     headers = ["run", "status", "steps", "final val", "best val", "tokens/s", "seconds"]
     lines += ["metrics (Δ against the first run):", *_table(headers, rows)]
+    names = sorted({k for m in report["metrics"] for k in m["eval"]})
+    if names:
+        rows = []
+        for name in names:
+            cells = []
+            for i, m in enumerate(report["metrics"]):
+                value, delta = m["eval"].get(name), m.get("delta_eval", {}).get(name)
+                text = "-" if value is None else f"{value:.4f}"
+                cells.append(text if i == 0 or delta is None else f"{text} ({delta:+.4f})")
+            rows.append([name, *cells])
+        lines += ["evaluations (shoshin eval; Δ against the first run):"]
+        lines += _table(["metric", *short_ids], rows)
     return "\n".join(lines)
 
 

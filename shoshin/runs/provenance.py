@@ -296,4 +296,5 @@ def data_record(data: Any, cfg: Any) -> dict[str, Any]:
         "documents": meta["documents"],
         "tokens": meta["tokens"],
         "overlap": meta.get("overlap"),
+        **({"hf": meta["hf"]} if "hf" in meta else {}),  # an hf: dataset's name, revision, ...
     }

@@ -80,11 +80,13 @@ def compare_histories(
 def _data_source(config: Config, manifest: dict[str, Any]) -> str:
     """The recorded data.source, found relative to the run's working directory if need be."""
     source = config.data.source
+    prefix = "hf:" if source.startswith("hf:") else ""  # hf:./folder is a path too
+    path = source.removeprefix(prefix)
     recorded_cwd = manifest.get("cwd")
-    if source != "chitchat" and not Path(source).exists() and recorded_cwd:
-        candidate = Path(recorded_cwd) / source
+    if path != "chitchat" and not Path(path).exists() and recorded_cwd:
+        candidate = Path(recorded_cwd) / path
         if candidate.exists():
-            return str(candidate)
+            return prefix + str(candidate)
     return source
 
 
@@ -112,7 +114,8 @@ def fingerprint_differences(run: Run) -> tuple[list[str], list[str]]:
         problems.append("data fingerprint: not recorded for this run (it never prepared its data)")
     else:
         try:
-            now = load_corpus(source).sha256
+            d = config.data
+            now = load_corpus(source, 0, d.hf_split, d.hf_column, d.hf_revision).sha256
         except ShoshinError as exc:
             problems.append(f"data fingerprint: cannot read the data now ({exc})")
         else:

@@ -157,16 +157,46 @@ def all_runs(root: Path) -> list[Run]:
     return sorted((Run(p) for p in root.iterdir() if (p / MANIFEST).is_file()), key=lambda r: r.id)
 
 
+TRAINING_KINDS = ("train", "finetune")  # the runs `latest` can name
+
+
+def run_kind(manifest: dict[str, Any]) -> str:
+    """What made a run: "train", "finetune", "reproduction" (shoshin reproduce) or "lr-find"."""
+    if manifest.get("kind") == "lr-find":
+        return "lr-find"
+    if manifest.get("reproduction_of"):
+        return "reproduction"
+    return "finetune" if manifest.get("base_model") else "train"
+
+
+def latest_run(root: Path) -> Run:
+    """The training run (`train` or `finetune`) started last: what `latest` names.
+
+    Reproductions and lr-find runs are checks of other runs, not models to use, so a
+    `shoshin reproduce` or `lr-find` never moves `latest`; runs whose manifest cannot be read are
+    passed over.
+    """
+    started = []
+    for run in all_runs(root):
+        try:
+            manifest = run.manifest
+        except ShoshinError:
+            continue
+        if run_kind(manifest) in TRAINING_KINDS:
+            started.append((manifest.get("start_time") or "", run.id, run))
+    if not started:
+        raise ShoshinError(f"no training runs in {root} yet; train one with: shoshin train tiny")
+    return max(started, key=lambda item: item[:2])[2]
+
+
 def resolve_run(ref: str, root: Path) -> Run:
-    """A run from an id, a unique id prefix, `latest`, or a run directory path."""
+    """A run from an id, a unique id prefix, `latest` (see latest_run), or a run directory path."""
     path = Path(ref)
     if (path / MANIFEST).is_file():
         return Run(path)
-    runs = all_runs(root)
     if ref == "latest":
-        if not runs:
-            raise ShoshinError(f"no runs in {root} yet; train one with: shoshin train tiny")
-        return max(runs, key=lambda r: r.manifest.get("start_time", ""))
+        return latest_run(root)
+    runs = all_runs(root)
     exact = [r for r in runs if r.id == ref]
     if exact:
         return exact[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,8 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shoshin.data.chat import stop_token_ids
-from shoshin.data.tokenizers import EOT, Tokenizer
+from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
+from shoshin.data.tokenizers import END, EOT, CharTokenizer, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.chat import chat_template, fit_messages
 from shoshin.generation.engine import TokenLogprob
@@ -52,6 +53,7 @@ from shoshin.serving.schemas import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
     TopLogprob,
     Trimmed,
     Usage,
@@ -413,7 +415,8 @@ class Server:
                 raise APIError(
                     400,
                     f"the prompt is {len(ids)} tokens; this model's context window is "
-                    f"{self.context} tokens",
+                    f"{self.context} tokens (lm_eval cuts prompts itself when given "
+                    f"max_length={self.context} in --model_args)",
                     param="prompt",
                     code="context_length_exceeded",
                 )
@@ -466,6 +469,51 @@ class Server:
             ],
             text_offset=offsets,
         )
+
+
+def encode_with_special_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids of text in which the names of special tokens (`<|endoftext|>`) stand for those tokens.
+
+    This is what vLLM's /tokenize does (Hugging Face tokenizers split added tokens out of text), and
+    what its clients rely on: the lm-evaluation-harness learns the id of the end-of-text token by
+    tokenizing its name. Everywhere else text stays text (`Tokenizer.encode`).
+    """
+    specials = tokenizer.special_tokens
+    if not specials:
+        return tokenizer.encode(text)
+    names = sorted(specials, key=len, reverse=True)  # the longest name wins where two overlap
+    ids: list[int] = []
+    for i, piece in enumerate(re.split("(" + "|".join(map(re.escape, names)) + ")", text)):
+        if i % 2:
+            ids.append(specials[piece])
+        elif piece:
+            ids += tokenizer.encode(piece)
+    return ids
+
+
+def tokenizer_info(server: Server) -> TokenizerInfo:
+    """The special tokens and chat template of the served tokenizer, as vLLM's /tokenizer_info.
+
+    They match what `shoshin export` writes for transformers: a document starts after
+    `<|endoftext|>` (bos, also the padding), and a chat model's turn ends at `<|end|>` (eos).
+    """
+    from shoshin.interop.export import CHAT_TEMPLATE
+
+    tok = server.tokenizer
+    specials = tok.special_tokens
+    chat = is_chat_tokenizer(tok)
+    eot = EOT if EOT in specials else None
+    return TokenizerInfo(
+        tokenizer_class="CharTokenizer" if isinstance(tok, CharTokenizer) else "BpeTokenizer",
+        bos_token=eot,
+        eos_token=END if chat else eot,
+        pad_token=eot,
+        unk_token="<unk>" if "<unk>" in specials else None,
+        chat_template=CHAT_TEMPLATE if chat else None,
+        model_max_length=server.context,
+        vocab_size=server.vocab_size,
+        special_tokens=dict(specials),
+    )
 
 
 def _messages(messages) -> list[dict[str, str]]:
@@ -576,8 +624,12 @@ def create_app(
         if body.messages is not None:
             ids = server.template.render(_messages(body.messages), body.add_generation_prompt)
         else:
-            ids = tokenizer.encode(body.prompt)
+            ids = encode_with_special_tokens(tokenizer, body.prompt)
         return TokenizeResponse(count=len(ids), max_model_len=server.context, tokens=ids)
+
+    @app.get("/tokenizer_info", response_model=TokenizerInfo, **v1)
+    async def get_tokenizer_info() -> TokenizerInfo:
+        return tokenizer_info(server)
 
     @app.post("/detokenize", response_model=DetokenizeResponse, **v1)
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:

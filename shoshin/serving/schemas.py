@@ -226,7 +226,8 @@ class ModelList(BaseModel):
 
 
 class TokenizeRequest(_Lenient):
-    """vLLM's /tokenize: a text prompt, or chat messages rendered with the model's chat template."""
+    """vLLM's /tokenize: a text prompt (special-token names in it become their ids, as in vLLM), or
+    chat messages rendered with the model's chat template."""
 
     model: str | None = None
     prompt: str | None = None
@@ -239,6 +240,25 @@ class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int | None
     tokens: list[int]
+
+
+class TokenizerInfo(BaseModel):
+    """vLLM's /tokenizer_info: the special tokens a client needs to build prompts itself (the
+    lm-evaluation-harness probes it for `tokenizer_backend=remote`)."""
+
+    tokenizer_class: str
+    bos_token: str | None = Field(description="what a document starts after (`<|endoftext|>`)")
+    eos_token: str | None = Field(
+        description="what ends a reply: `<|end|>` for chat models, else `<|endoftext|>`"
+    )
+    pad_token: str | None = None
+    unk_token: str | None = None
+    chat_template: str | None = Field(
+        None, description="Jinja template of the chat format (chat models only)"
+    )
+    model_max_length: int | None = Field(description="the context window (null: no limit)")
+    vocab_size: int
+    special_tokens: dict[str, int] = Field(description="shoshin extension: special token ids")
 
 
 class DetokenizeRequest(_Lenient):

@@ -27,12 +27,20 @@ def model_id_for(src: str, runs_dir: str | None = None) -> str:
 
 
 def load_app(
-    src: str, config: ServeConfig, checkpoint: str = "latest", runs_dir: str | None = None
+    src: str,
+    config: ServeConfig,
+    checkpoint: str = "latest",
+    runs_dir: str | None = None,
+    dtype: str = "fp32",
+    quantize: str | None = None,
 ) -> FastAPI:
-    """The app serving a run (id, prefix, `latest`, directory) or a checkpoint `shoshin.load` reads."""
+    """The app serving a run (id, prefix, `latest`, directory) or a checkpoint `shoshin.load` reads,
+    at the precision asked for (see shoshin.generation.precision)."""
+    from shoshin.generation.precision import prepare_for_inference
     from shoshin.loading import load
 
     model, tokenizer = load(src, checkpoint, runs_dir)
+    model = prepare_for_inference(model, dtype, quantize)
     return create_app(model, tokenizer, model_id_for(src, runs_dir), config)
 
 

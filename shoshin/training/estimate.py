@@ -26,6 +26,7 @@ import torch.nn as nn
 from shoshin.config import Config, ModelConfig
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
 from shoshin.models import architecture, build_model, count_parameters
+from shoshin.progress import SlowWork, format_seconds
 from shoshin.training.optim import make_optimizer
 
 FLOAT32 = 4
@@ -124,7 +125,12 @@ def memory_estimate(
 
 
 def calibrate(
-    config: Config, data: PreparedData, device: torch.device, steps: int = 5, warmup: int = 2
+    config: Config,
+    data: PreparedData,
+    device: torch.device,
+    steps: int = 5,
+    warmup: int = 2,
+    log=print,
 ) -> tuple[float, float]:
     """Seconds per optimizer step and per evaluation batch, timed on a fresh copy of the model.
 
@@ -159,21 +165,25 @@ def calibrate(
             with autocast:
                 model(x.to(device), y.to(device)).item()
 
-        step_s = _timed(step, steps, warmup, device)
+        what = f"calibrating the time estimate ({warmup + steps} training steps on this machine)"
+        progress = SlowWork(what, warmup + 2 * steps + 1, log)
+        step_s = _timed(step, steps, warmup, device, progress)
         model.eval()
-        eval_s = _timed(eval_batch, steps, 1, device)
+        eval_s = _timed(eval_batch, steps, 1, device, progress)
     return step_s, eval_s
 
 
-def _timed(fn, repeats: int, warmup: int, device: torch.device) -> float:
+def _timed(fn, repeats: int, warmup: int, device: torch.device, progress: SlowWork) -> float:
     """Mean seconds per call after `warmup` untimed calls (the first ones pay for allocation)."""
     for _ in range(warmup):
         fn()
+        progress.advance()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+        progress.advance()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / repeats
@@ -222,7 +232,7 @@ def estimate(
         memory=memory_estimate(config, params, data, max(runtime, 0)),
     )
     if calibration_steps > 0:
-        step_s, eval_s = calibrate(config, data, device, steps=calibration_steps)
+        step_s, eval_s = calibrate(config, data, device, steps=calibration_steps, log=log)
         train_s = tc.max_steps * step_s
         if tc.max_minutes:
             train_s = min(train_s, tc.max_minutes * 60)
@@ -249,15 +259,6 @@ def _si(value: float, unit: str = "") -> str:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
-
-
-def format_seconds(seconds: float) -> str:
-    """1.5 -> '1.5s', 95 -> '1m35s', 4000 -> '1h06m'."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-    return f"{int(seconds) // 3600}h{int(seconds) % 3600 // 60:02d}m"
 
 
 def format_estimate(est: Estimate) -> str:

@@ -24,6 +24,7 @@ from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
+from shoshin.evaluation.evaluate import heldout_at_end_of_training
 from shoshin.generation.sample import sample_text
 from shoshin.generation.sampling import SamplingParams
 from shoshin.interop.hf import Pretrained
@@ -348,7 +349,8 @@ class Trainer:
         )
 
     def _close_out(self, bar: tqdm, interactive: bool) -> None:
-        """After a stop by time budget: make sure the end state is evaluated and checkpointed."""
+        """At the end: make sure the end state is evaluated and checkpointed (also after a stop by
+        time budget), then score the held-out documents (shoshin.evaluation)."""
         improved = False
         if self.last_eval_step != self.step:
             row = self.evaluate()
@@ -364,6 +366,7 @@ class Trainer:
         index = read_index(self.run.path / "checkpoints")
         if improved or index.get("latest") != f"step-{self.step:07d}":
             self.save(_capture_rng(self.batch_gen), best=improved)
+        heldout_at_end_of_training(self.model, self.data, self.run, self.log)
 
     def _report(self, row: dict[str, float], bar: tqdm, interactive: bool) -> None:
         tc = self.config.train

@@ -38,16 +38,16 @@ def main() -> None:
     evals = [r for r in rows if "val_loss" in r]
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
     result = {
-        "steps": manifest["steps"],
+        "steps": manifest.steps,
         "final_val_loss": round(evals[-1]["val_loss"], 4),
         "best_val_loss": round(min(r["val_loss"] for r in evals), 4),
         "val_bits_per_char": round(evals[-1].get("val_bits_per_char", float("nan")), 4),
         "reference_val_loss": REFERENCE_VAL_LOSS,
         "train_tokens_per_sec_median": round(statistics.median(speeds)),
-        "train_seconds": round(manifest["elapsed_seconds"], 1),
+        "train_seconds": round(manifest.elapsed_seconds, 1),
         "wall_seconds": round(wall, 1),
         "threads": torch.get_num_threads(),
-        "params": manifest["params"],
+        "params": manifest.params,
         "torch": torch.__version__,
     }
     for r in evals:

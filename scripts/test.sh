@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install shoshin with its test dependencies into ./.venv and run the whole test suite.
+# Install shoshin with its test dependencies into ./.venv and run the whole test suite, slow tests too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh test
@@ -16,4 +16,6 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   rm -f "$log"
 fi
 . .venv/bin/activate
-python -m pytest -q "$@"
+# Every test, the slow ones included: this is the check before a merge (and what CI runs).
+# `python -m pytest` alone runs the default suite, without the tests marked slow.
+python -m pytest -q -m "slow or not slow" "$@"

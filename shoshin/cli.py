@@ -1,7 +1,8 @@
 """The `shoshin` command line: one subcommand per step of the user's story.
 
-Each subcommand is a small function taking the parsed arguments; the work lives in the library.
-A user's mistake ends with a one-line `error: ...` and exit status 2, never a traceback.
+Each subcommand is a small function taking the parsed arguments; the work lives in the library and
+the text it prints comes from shoshin.runs.report. A user's mistake ends with a one-line
+`error: ...` and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,89 +12,76 @@ import json
 import sys
 from collections.abc import Sequence
 
+from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
-from shoshin.runs.store import (
-    TRAINING_KINDS,
-    Run,
-    all_runs,
-    effective_status,
-    latest_run,
-    resolve_run,
-    run_kind,
-    runs_root,
-)
+from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The command as the user typed it (recorded in the run's manifest)."""
+    return ["shoshin", *args.argv]
 
 
-def _fmt_params(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
+# -- CONFIG [key=value ...]: one declaration for every command that takes a config ------------
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print left-aligned columns, widths fitted to the content."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    for line in (headers, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+def add_config_arguments(
+    p: argparse.ArgumentParser, default: str | None = None, config: bool = True
+) -> None:
+    """CONFIG (a preset or YAML file) and key=value overrides; `config=False`: overrides only."""
+    if config:
+        fallback = f" (default: {default})" if default else ""
+        p.add_argument(
+            "config",
+            nargs="?",
+            metavar="CONFIG",
+            help=f"a preset ({', '.join(preset_names())}) or a YAML file{fallback}",
+        )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides such as train.max_steps=500 (every key: shoshin config)",
+    )
 
 
-def run_summary(run: Run) -> dict:
-    """The facts `shoshin runs` lists for one run."""
-    m = run.manifest
-    return {
-        "id": run.id,
-        "name": m.get("name"),
-        "kind": run_kind(m),  # train | finetune | reproduction | lr-find
-        "reproduction_of": m.get("reproduction_of"),
-        "arch": m.get("arch"),
-        "params": m.get("params"),
-        "steps": m.get("steps", 0),
-        "best_val_loss": m.get("best_val_loss"),
-        "status": effective_status(m),
-        "error": m.get("error"),
-        "duration_seconds": m.get("elapsed_seconds"),
-        "start_time": m.get("start_time"),
-        "path": str(run.path),
-    }
+def config_from_args(
+    args: argparse.Namespace, default: str | None = None
+) -> tuple[Config, list[str]]:
+    """The config that CONFIG and the overrides describe, and the overrides themselves."""
+    name, overrides = args.config, list(args.overrides)
+    if name and "=" in name:  # `shoshin train model.n_layer=2`: no CONFIG, only overrides
+        name, overrides = None, [name, *overrides]
+    return load_config(name or default, overrides), overrides
 
 
 # -- commands --------------------------------------------------------------------------
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from shoshin.config import load_config
-    from shoshin.training.distributed import launch, shutdown
+    if args.nproc:
+        from shoshin.training.distributed import launch
+
+        return launch(args.nproc, _without_option(args.argv, "--nproc"))
+    root = runs_root(args.runs_dir)
+    # The config and the run are checked before PyTorch is imported: a mistake fails at once.
+    if args.resume:
+        if args.config or args.overrides:
+            raise ShoshinError(
+                "--resume continues a run with its recorded config; drop the CONFIG argument"
+            )
+        run = resolve_run(args.resume, root)
+    else:
+        config, _ = config_from_args(args)
+    from shoshin.training.distributed import shutdown
     from shoshin.training.trainer import resume, train
 
-    if args.nproc:
-        return launch(args.nproc, _without_option(sys.argv[1:], "--nproc"))
-    root = runs_root(args.runs_dir)
     try:
         if args.resume:
-            if args.config:
-                raise ShoshinError(
-                    "--resume continues a run with its recorded config; drop the CONFIG argument"
-                )
-            resume(resolve_run(args.resume, root))
+            resume(run)
         else:
-            config_arg, overrides = _split_config_args(args.config, args.overrides)
-            config = load_config(config_arg, overrides)
-            train(config, root, command=["shoshin", *sys.argv[1:]])
+            train(config, root, command=command_line(args))
     finally:
         shutdown()  # leave the torchrun process group, if there is one
     return 0
@@ -112,50 +100,73 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
-def _split_config_args(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """`shoshin train model.n_layer=2` has no CONFIG: a first argument with '=' is an override."""
-    if config and "=" in config:
-        return None, [config, *overrides]
-    return config, overrides
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from shoshin.training.finetune import finetune
+
+    config, overrides = config_from_args(args, default="finetune")
+    finetune(
+        args.source,
+        config,
+        runs_root(args.runs_dir),
+        command=command_line(args),
+        overrides=overrides,
+    )
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from shoshin.runs.report import table
+
+    if args.config or args.overrides:
+        config, _ = config_from_args(args)
+        print(to_yaml(config), end="")
+        return 0
+    rows = [[k.key, k.type, _default(k.default), k.help] for k in key_reference()]
+    print("\n".join(table(["key", "type", "default", "description"], rows)))
+    print(f"\npresets: {', '.join(preset_names())}; shoshin config PRESET shows one resolved")
+    return 0
+
+
+def _default(value: object) -> str:
+    """A default as YAML writes it: true, 0.001, "" for the empty string."""
+    if value == "":
+        return '""'
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    summaries = [run_summary(r) for r in all_runs(runs_root(args.runs_dir))]
+    from shoshin.runs.report import format_runs, runs_json, summarize
+    from shoshin.runs.store import TRAINING_KINDS, latest_run
+
+    root = runs_root(args.runs_dir)
+    summaries = [summarize(r) for r in all_runs(root)]
     if args.json:
-        print(json.dumps(summaries, indent=2))
-        return 0
-    if not summaries:
-        print(f"no runs in {runs_root(args.runs_dir)} yet; try: shoshin train tiny")
-        return 0
-    rows = [
-        [
-            s["id"],
-            s["name"] or "-",
-            f"reproduces {s['reproduction_of']}" if s["reproduction_of"] else s["kind"],
-            s["arch"] or "-",
-            _fmt_params(s["params"]),
-            str(s["steps"]),
-            f"{s['best_val_loss']:.4f}" if s["best_val_loss"] is not None else "-",
-            s["status"],
-            _fmt_duration(s["duration_seconds"]),
-        ]
-        for s in summaries
-    ]
-    headers = ["id", "name", "kind", "arch", "params", "steps", "best val", "status", "duration"]
-    if any(s["error"] for s in summaries):  # why a run failed, in a last column
-        headers.append("error")
-        for row, s in zip(rows, summaries, strict=True):
-            error = s["error"] or ""
-            row.append(error if len(error) <= 70 else error[:67] + "...")
-    print_table(headers, rows)
-    if any(s["kind"] in TRAINING_KINDS for s in summaries):
-        latest = latest_run(runs_root(args.runs_dir)).id
-        print(f"\nlatest = {latest} (the newest train or finetune run)")
+        print(json.dumps(runs_json(summaries), indent=2))
+    elif not summaries:
+        print(f"no runs in {root} yet; try: shoshin train tiny")
+    else:
+        trained = any(s.kind in TRAINING_KINDS for s in summaries)
+        print(format_runs(summaries, latest_run(root).id if trained else None))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from shoshin.evaluation.record import read_records
+    from shoshin.runs.report import format_show, show_json
+
+    run = resolve_run(args.run, runs_root(args.runs_dir))
+    manifest, config, metrics = run.manifest, run.config, run.metrics()
+    records = read_records(run.path)
+    if args.json:
+        print(json.dumps(show_json(run, manifest, config, metrics, records), indent=2))
+    else:
+        print(format_show(run, manifest, config, metrics, records))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from shoshin.runs.compare import compare_runs, format_report, plot_runs
+    from shoshin.runs.compare import compare_runs
+    from shoshin.runs.report import format_compare, plot_runs
 
     root = runs_root(args.runs_dir)
     runs = [resolve_run(ref, root) for ref in args.runs]
@@ -165,20 +176,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        print(format_compare(report))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from shoshin.runs.reproduce import probe, reproduce
+    from shoshin.experiments.reproduce import probe, reproduce
 
     if args.probe:
-        from shoshin.config import load_config
-
-        config_arg, overrides = _split_config_args(args.run, args.overrides)
-        verdict = probe(load_config(config_arg or "tiny", overrides), steps=args.steps or 20)
+        config, _ = config_from_args(args, default="tiny")
+        verdict = probe(config, steps=args.steps or 20)
         if verdict.ok:
             print(
                 f"DETERMINISTIC: two runs of {verdict.steps} steps with the same seed are identical"
@@ -186,120 +195,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         else:
             print(f"NOT DETERMINISTIC: {verdict.line()}")
         return 0 if verdict.ok else 1
-    if not args.run or args.overrides:
+    if not args.config or args.overrides:
         raise ShoshinError(
             "reproduce takes one RUN (or --probe [CONFIG] [key=value ...]); see shoshin runs"
         )
     root = runs_root(args.runs_dir)
-    run = resolve_run(args.run, root)
     new, verdict = reproduce(
-        run,
+        resolve_run(args.config, root),
         root,
         steps=args.steps,
         force=args.force,
         tolerance=args.tolerance,
-        command=["shoshin", *sys.argv[1:]],
+        command=command_line(args),
     )
     print(f"re-run: {new.id}")
     print(verdict.line())
     return 0 if verdict.ok else 1
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from shoshin.evaluation.record import read_records
-
-    run = resolve_run(args.run, runs_root(args.runs_dir))
-    manifest = run.manifest
-    manifest["status"] = effective_status(manifest)
-    metrics = run.metrics()
-    records = read_records(run.path)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "manifest": manifest,
-                    "config": run.config.to_dict(),
-                    "metrics": metrics,
-                    "eval": [asdict(r) for r in records],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    summary = run_summary(run)
-    print(f"run       {run.id}")
-    print(f"path      {run.path}")
-    print(
-        f"status    {summary['status']}"
-        + (f" ({manifest['error']})" if manifest.get("error") else "")
-    )
-    print(f"command   {' '.join(manifest.get('command', []))}")
-    if summary["reproduction_of"]:
-        print(f"kind      reproduction of {summary['reproduction_of']}")
-    elif summary["kind"] not in TRAINING_KINDS:
-        print(f"kind      {summary['kind']}")
-    print(f"started   {manifest.get('start_time')}   ended {manifest.get('end_time') or '-'}")
-    print(
-        f"model     {manifest.get('arch', '-')}, {_fmt_params(manifest.get('params'))} parameters"
-    )
-    data = manifest.get("data", {})
-    if data:
-        print(f"data      {data.get('source')} ({data.get('kind')}), tokens {data.get('tokens')}")
-    print(
-        f"steps     {manifest.get('steps', 0)} in {_fmt_duration(manifest.get('elapsed_seconds'))}"
-    )
-    _print_predicted_vs_actual(manifest)
-    best = manifest.get("best_val_loss")
-    print(f"val loss  best {best:.4f}" if best is not None else "val loss  -")
-    git = manifest.get("git")
-    if git:
-        print(f"git       {git.get('commit', '-')}" + (" (dirty)" if git.get("dirty") else ""))
-    code = manifest.get("code") or {}
-    source = code.get("shoshin_git") or {}
-    if source.get("commit"):
-        dirty = " (dirty)" if source.get("dirty") else ""
-        print(f"shoshin   {source['commit']}{dirty} in {source.get('root')}")
-    if code.get("fingerprint"):
-        print(f"code      fingerprint {code['fingerprint']['shoshin_source'][:16]}")
-    overlap = data.get("overlap") or {}
-    if overlap.get("warning"):
-        print(f"leakage   {overlap['warning']}")
-    print("config:")
-    for section, values in run.config.to_dict().items():
-        if isinstance(values, dict):
-            print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        else:
-            print(f"  {section}: {values}")
-    evals = [r for r in metrics if "val_loss" in r]
-    if evals:
-        print("evaluations:")
-        print_table(
-            ["  step", "val loss", "train loss"],
-            [
-                [
-                    f"  {r['step']}",
-                    f"{r['val_loss']:.4f}",
-                    f"{r['train_loss']:.4f}" if "train_loss" in r else "-",
-                ]
-                for r in evals[-10:]
-            ],
-        )
-    if records:
-        print("eval (shoshin eval; eval/ folder):")
-        print_table(
-            ["  record", "checkpoint", "metrics"],
-            [
-                [
-                    f"  {r.name}",
-                    r.checkpoint or "-",
-                    ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items()),
-                ]
-                for r in records
-            ],
-        )
-    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -321,6 +232,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation import Engine
     from shoshin.generation.chat import ChatSession, run_terminal_chat
     from shoshin.loading import resolve_source
+    from shoshin.runs.store import Run
 
     source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
@@ -392,22 +304,6 @@ def _sampling_params(args: argparse.Namespace):
     return SamplingParams(**values).validate()
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from shoshin.config import load_config
-    from shoshin.training.finetune import finetune
-
-    config_arg, overrides = _split_config_args(args.config, args.overrides)
-    config = load_config(config_arg or "finetune", overrides)
-    finetune(
-        args.source,
-        config,
-        runs_root(args.runs_dir),
-        command=["shoshin", *sys.argv[1:]],
-        overrides=overrides,
-    )
-    return 0
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from shoshin.interop.export import export
 
@@ -442,31 +338,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_predicted_vs_actual(manifest: dict) -> None:
-    """The run's own estimate (made as it started) against what it then took."""
-    est, steps = manifest.get("estimate") or {}, manifest.get("steps")
-    actual = manifest.get("elapsed_seconds")
-    if est.get("step_seconds") and steps and actual:
-        predicted = est["step_seconds"] * steps
-        print(
-            f"time      predicted {_fmt_duration(predicted)} for {steps} steps, "
-            f"actual {_fmt_duration(actual)} ({actual / predicted:.2f}x the prediction)"
-        )
-    peak = manifest.get("peak_rss_bytes")
-    if est.get("memory") and peak:
-        predicted = est["memory"]["training_process"]
-        print(
-            f"memory    predicted {predicted / 2**20:,.0f} MiB, "
-            f"peak resident {peak / 2**20:,.0f} MiB ({peak / predicted:.2f}x)"
-        )
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from shoshin.config import load_config
+    config, _ = config_from_args(args)
     from shoshin.training.estimate import estimate, format_estimate
 
-    config_arg, overrides = _split_config_args(args.config, args.overrides)
-    config = load_config(config_arg, overrides)
     # With --json, stdout carries only the JSON; progress notes go to stderr.
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     est = estimate(config, calibration_steps=args.calibration_steps, log=log)
@@ -475,18 +350,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from shoshin.config import load_config
-    from shoshin.training.lr_find import lr_find
+    config, _ = config_from_args(args)
+    from shoshin.experiments.lr_find import lr_find
 
-    config_arg, overrides = _split_config_args(args.config, args.overrides)
-    config = load_config(config_arg, overrides)
     result = lr_find(
         config,
         runs_root(args.runs_dir),
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         steps=args.steps,
-        command=["shoshin", *sys.argv[1:]],
+        command=command_line(args),
     )
     print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.rule})")
     print(f"plot: {result.plot}")
@@ -506,7 +379,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     records = evaluate(
         subject,
-        ["shoshin", *sys.argv[1:]],
+        command_line(args),
         tasks=tasks,
         include_path=args.include_path,
         limit=int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit,
@@ -531,7 +404,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench_matrix(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shoshin.bench.matrix import MatrixSpec, run_matrix
+    from shoshin.experiments.matrix import MatrixSpec, run_matrix
 
     def split(values: list[str]) -> list[str]:
         return [v.strip() for value in values for v in value.split(",") if v.strip()]
@@ -558,17 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", parents=[common], help="train an LSTM or GPT from scratch")
-    p.add_argument(
-        "config",
-        nargs="?",
-        help="a preset name (tiny, demo, shakespeare-char, lstm-char) or a YAML file",
-    )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides, e.g. train.max_steps=500",
-    )
+    add_config_arguments(p)
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
     p.add_argument(
         "--nproc",
@@ -588,14 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SRC",
         help="a checkpoint folder (config.json + weights + tokenizer) or a hub id such as gpt2",
     )
-    p.add_argument("config", nargs="?", help="a preset name or YAML file (default: finetune)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides, e.g. data.source=chat.jsonl",
-    )
+    add_config_arguments(p, default="finetune")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "config", help="every config key with its type, default and description; a preset resolved"
+    )
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("export", parents=[common], help="write a run as a transformers checkpoint")
     p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
@@ -621,10 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
-        "reproduce", parents=[common], help="re-run a recorded run and verify its metrics"
+        "reproduce",
+        parents=[common],
+        help="re-run a recorded run and verify its metrics",
+        usage="shoshin reproduce RUN [options]\n       shoshin reproduce --probe [CONFIG] [key=value ...]",
     )
-    p.add_argument("run", nargs="?", metavar="RUN", help="the run to re-run (with --probe: CONFIG)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="--probe only: overrides")
+    add_config_arguments(p)
     p.add_argument("--steps", type=int, help="steps to re-run (default: all the run recorded)")
     p.add_argument("--force", action="store_true", help="re-run even if code or data changed")
     p.add_argument(
@@ -765,8 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "estimate", help="parameters, FLOPs, memory and predicted time before training"
     )
-    p.add_argument("config", nargs="?", help="a preset name or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    add_config_arguments(p)
     p.add_argument(
         "--calibration-steps",
         type=int,
@@ -779,8 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lr-find", parents=[common], help="learning-rate range test with a plot and a suggestion"
     )
-    p.add_argument("config", nargs="?", help="a preset name or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    add_config_arguments(p)
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=300, help="steps from --start-lr to --end-lr")
@@ -809,14 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=int, help="training steps per cell")
     budget.add_argument("--minutes", type=float, help="training minutes per cell")
     p.add_argument("--out", default="matrix", help="folder for the leaderboard and heatmap")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every cell")
+    add_config_arguments(p, config=False)
     p.set_defaults(func=cmd_bench_matrix)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run `shoshin ARGV` (default: this process's arguments); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except ShoshinError as exc:

@@ -1,7 +1,9 @@
 """Run configuration: plain dataclasses, loaded from YAML presets or files, changed by dotted overrides.
 
-A config is saved beside the weights as YAML and loaded back by field name; an unknown key is an
-error that suggests the closest valid key.
+Every field says what it does where it is declared, `setting(default, "description", minimum=...)`,
+and a field with a fixed set of values declares them as a `Literal`; `shoshin config` and the
+validation below read both from here. A config is saved beside the weights as YAML and loaded back
+by field name; an unknown key is an error that suggests the closest valid key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -23,30 +25,36 @@ from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
 
 
+def setting(default: Any, help: str, minimum: float | None = None) -> Any:
+    """A config field with its one-line description and, for numbers, its smallest allowed value."""
+    return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "gpt"  # a name in shoshin.models.ARCHITECTURES: gpt | lstm
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128  # context length in tokens
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "pre"  # pre: GPT-2 layout (LayerNorm before each sublayer); post: GPT-1 layout
-    activation: str = "gelu_tanh"  # gelu_tanh (GPT-2 and GPT-1 checkpoints) | gelu (exact)
-    layer_norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    vocab_size: int = 0  # set from the tokenizer when training starts
+    """The network: which architecture and what shape."""
+
+    arch: str = setting("gpt", "architecture, a name in shoshin.models.ARCHITECTURES: gpt or lstm")
+    n_layer: int = setting(4, "Transformer blocks or LSTM layers", minimum=1)
+    n_head: int = setting(4, "attention heads (gpt); n_embd must be a multiple of it")
+    n_embd: int = setting(128, "width: embedding and hidden size", minimum=1)
+    block_size: int = setting(128, "context length in tokens", minimum=1)
+    dropout: float = setting(0.0, "dropout probability in training, in [0, 1)")
+    bias: bool = setting(True, "biases in the linear layers and LayerNorms (gpt)")
+    norm: Literal["pre", "post"] = setting(
+        "pre", "pre: LayerNorm before each sublayer (GPT-2); post: after it (GPT-1)"
+    )
+    activation: Literal["gelu_tanh", "gelu"] = setting(
+        "gelu_tanh", "MLP activation: gelu_tanh (GPT-1/GPT-2 checkpoints) or exact gelu"
+    )
+    layer_norm_eps: float = setting(1e-5, "epsilon of the LayerNorms")
+    tie_embeddings: bool = setting(True, "the output head shares the token embedding's weights")
+    vocab_size: int = setting(0, "set from the tokenizer when training starts", minimum=0)
 
     def validate(self) -> None:
         from shoshin.models import architecture  # the registry of known architectures
 
         architecture(self.arch)
-        _choice("model.norm", self.norm, ("pre", "post"))
-        _choice("model.activation", self.activation, ("gelu", "gelu_tanh"))
-        for name in ("n_layer", "n_embd", "block_size"):
-            if getattr(self, name) < 1:
-                raise ShoshinError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.arch == "gpt" and self.n_head < 1:
             raise ShoshinError(f"model.n_head must be at least 1, got {self.n_head}")
         if self.arch == "gpt" and self.n_embd % self.n_head:
@@ -57,81 +65,100 @@ class ModelConfig:
             raise ShoshinError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not self.layer_norm_eps > 0:  # LayerNorm divides by sqrt(variance + eps)
             raise ShoshinError(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps}")
-        if self.vocab_size < 0:
-            raise ShoshinError(f"model.vocab_size must not be negative, got {self.vocab_size}")
 
 
 @dataclass
 class DataConfig:
-    source: str = "chitchat"  # .txt file or folder, .jsonl chat file, chitchat, hf:NAME, hf:/folder
-    hf_split: str = "train"  # hf: sources: the split to read (slices such as train[:10%] too)
-    hf_column: str = ""  # hf: sources: a text or OpenAI-format messages column; "" = detect
-    hf_revision: str = ""  # hf: hub datasets: a branch, tag or commit; "" = the newest
-    tokenizer: str = "bpe"  # char | bpe | pretrained (the checkpoint's; set by shoshin finetune)
-    vocab_size: int = 2048  # bpe only
-    val_fraction: float = 0.1
-    split_seed: int = 1337
-    loss_on: str = "all"  # all | assistant (chat data only)
-    max_documents: int = 0  # 0 = all; otherwise keep the first N documents / conversations
-    dedupe: bool = False  # drop exact duplicate documents / conversations before splitting
+    """The corpus, its tokenizer and its train/validation split."""
+
+    source: str = setting(
+        "chitchat",
+        "a .txt file or folder, a .jsonl chat file, chitchat, hf:NAME or hf:/folder",
+    )
+    hf_split: str = setting("train", "hf: sources: the split to read (slices like train[:10%] too)")
+    hf_column: str = setting(
+        "", "hf: sources: a text or OpenAI-format messages column; empty = detect it"
+    )
+    hf_revision: str = setting("", "hf: hub datasets: a branch, tag or commit; empty = the newest")
+    tokenizer: Literal["char", "bpe", "pretrained"] = setting(
+        "bpe",
+        "char, bpe (trained on the corpus), or pretrained (set by shoshin finetune)",
+    )
+    vocab_size: int = setting(2048, "BPE vocabulary size (bpe only)")
+    val_fraction: float = setting(0.1, "share of documents or conversations held out, in (0, 1)")
+    split_seed: int = setting(1337, "seed of the train/validation split")
+    loss_on: Literal["all", "assistant"] = setting(
+        "all", "tokens the loss covers: all, or only the assistant's replies (chat data)"
+    )
+    max_documents: int = setting(
+        0, "keep only the first N documents or conversations; 0 = all", minimum=0
+    )
+    dedupe: bool = setting(
+        False, "drop exact duplicate documents or conversations before splitting"
+    )
 
     def validate(self) -> None:
-        _choice("data.tokenizer", self.tokenizer, ("char", "bpe", "pretrained"))
-        _choice("data.loss_on", self.loss_on, ("all", "assistant"))
         if not 0.0 < self.val_fraction < 1.0:
             raise ShoshinError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.tokenizer == "bpe" and self.vocab_size < 260:
             raise ShoshinError(
                 f"data.vocab_size must be at least 260 for bpe, got {self.vocab_size}"
             )
-        if self.max_documents < 0:
-            raise ShoshinError(
-                f"data.max_documents must be 0 (all) or positive, got {self.max_documents}"
-            )
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
-    max_minutes: float = 0.0  # 0 = no time budget
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = off
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int = 500
-    dtype: str = "float32"  # float32 | bfloat16 (autocast)
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 1337
-    sample_prompt: str = ""
-    sample_tokens: int = 100  # length of the sample printed at the end; 0 = none
+    """The optimisation: budget, batch, optimizer, schedule, evaluation, checkpoints."""
+
+    max_steps: int = setting(1000, "optimizer steps; the schedule decays over them", minimum=1)
+    max_minutes: float = setting(0.0, "time budget in minutes; 0 = none", minimum=0)
+    batch_size: int = setting(
+        16, "sequences per micro-batch (per process under torchrun)", minimum=1
+    )
+    grad_accum: int = setting(1, "micro-batches accumulated into one optimizer step", minimum=1)
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay", minimum=0)
+    warmup_steps: int = setting(100, "steps of linear warmup to lr", minimum=0)
+    weight_decay: float = setting(0.1, "AdamW weight decay of the weight matrices", minimum=0)
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.99, "AdamW beta2")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0 = off", minimum=0)
+    eval_interval: int = setting(
+        250, "evaluate every N steps (and at the end); 0 = at the end", minimum=0
+    )
+    eval_iters: int = setting(20, "validation batches per evaluation", minimum=1)
+    log_interval: int = setting(10, "log the training loss every N steps", minimum=1)
+    checkpoint_interval: int = setting(
+        500,
+        "checkpoint every N steps (and at the end and at a new best); 0 = not periodically",
+        minimum=0,
+    )
+    dtype: Literal["float32", "bfloat16"] = setting(
+        "float32", "float32, or bfloat16 autocast for the forward pass"
+    )
+    compile: bool = setting(False, "torch.compile the model")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto (CUDA if present), cpu or cuda")
+    seed: int = setting(1337, "seed of the initial weights, dropout and the batch order")
+    calibrate: bool = setting(
+        True, "time a few steps first to predict the run's duration (see shoshin show)"
+    )
+    sample_prompt: str = setting("", "prompt of the sample printed at the end")
+    sample_tokens: int = setting(
+        100, "length of the sample printed at the end; 0 = none", minimum=0
+    )
 
     def validate(self) -> None:
-        _choice("train.dtype", self.dtype, ("float32", "bfloat16"))
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ShoshinError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_interval", "checkpoint_interval", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ShoshinError(f"train.{name} must not be negative, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ShoshinError("train.lr must be positive and train.min_lr not negative")
+        if self.lr <= 0:
+            raise ShoshinError(f"train.lr must be positive, got {self.lr}")
 
 
 @dataclass
 class TrackingConfig:
-    mlflow: bool = False  # mirror the run to MLflow (pip install 'shoshin[mlflow]')
-    mlflow_uri: str = "sqlite:///mlflow.db"
-    mlflow_experiment: str = "shoshin"
+    """Where else the run is recorded."""
+
+    mlflow: bool = setting(False, "mirror the run to MLflow (pip install 'shoshin[mlflow]')")
+    mlflow_uri: str = setting("sqlite:///mlflow.db", "MLflow tracking URI")
+    mlflow_experiment: str = setting("shoshin", "MLflow experiment name")
 
     def validate(self) -> None:
         if self.mlflow and importlib.util.find_spec("mlflow") is None:
@@ -143,15 +170,22 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    name: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """A whole run's configuration: one section per stage."""
+
+    name: str = setting("", "a label for the run; part of its id (default: the preset's name)")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": ModelConfig.__doc__})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": DataConfig.__doc__})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": TrainConfig.__doc__})
+    tracking: TrackingConfig = field(
+        default_factory=TrackingConfig, metadata={"help": TrackingConfig.__doc__}
+    )
 
     def validate(self, environment: bool = True) -> Config:
-        """Check every value; `environment=False` skips what depends on this machine (whether
-        MLflow is installed), so that a saved run's config can be read anywhere."""
+        """Check every value (choices and minimums from the fields, then each section's rules);
+        `environment=False` skips what depends on this machine (whether MLflow is installed), so
+        that a saved run's config can be read anywhere."""
+        for key, annotation, metadata, value in _leaves(self):
+            _check_declared(key, annotation, metadata, value)
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -163,15 +197,74 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+def _leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any, Any]]:
+    """(dotted key, type, field metadata, value) of every leaf setting of a config or section."""
+    hints = typing.get_type_hints(type(obj))
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _leaves(value, prefix=f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", hints[f.name], f.metadata, value))
+    return out
+
+
+def choices(annotation: Any) -> tuple[str, ...]:
+    """The allowed values of a `Literal[...]` field, or () for any other type."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+
+
+def _check_declared(key: str, annotation: Any, metadata: Any, value: Any) -> None:
+    allowed = choices(annotation)
+    if allowed and value not in allowed:
         raise ShoshinError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    minimum = metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        bound = "must not be negative" if minimum == 0 else f"must be at least {minimum:g}"
+        raise ShoshinError(f"{key} {bound}, got {value}")
+
+
+def type_name(annotation: Any) -> str:
+    """How `shoshin config` shows a field's type: int, float, bool, str, or pre|post for choices."""
+    if choices(annotation):
+        return "|".join(choices(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+@dataclass
+class KeyInfo:
+    """One line of `shoshin config`: a dotted key, its type, default and description."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+def key_reference() -> list[KeyInfo]:
+    """Every config key with its type, default and description, in declaration order."""
+    return [
+        KeyInfo(key, type_name(annotation), value, metadata.get("help", ""), choices(annotation))
+        for key, annotation, metadata, value in _leaves(Config())
+    ]
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. model.n_layer."""
+    return [leaf[0] for leaf in _leaves(Config())]
 
 
 def preset_names() -> list[str]:
-    """Names of the presets shipped with shoshin."""
+    """Names of the presets shipped with shoshin (the YAML files in shoshin/presets/)."""
     folder = resources.files("shoshin") / "presets"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset."""
+    return Path(str(resources.files("shoshin") / "presets" / f"{name}.yaml"))
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -203,8 +296,7 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
                 hint = difflib.get_close_matches(source, names, n=1)
                 extra = f"; did you mean {hint[0]}?" if hint else f" (presets: {', '.join(names)})"
                 raise ShoshinError(f"no preset or config file named {source!r}{extra}")
-            text = (resources.files("shoshin") / "presets" / f"{source}.yaml").read_text("utf-8")
-            data = _read_yaml(text, f"preset {source}")
+            data = _read_yaml(preset_path(source).read_text("utf-8"), f"preset {source}")
             data.setdefault("name", source)
         apply_mapping(config, data)
     for item in overrides:
@@ -234,23 +326,11 @@ def apply_mapping(config: Config, data: dict[str, Any], prefix: str = "") -> Non
             set_value(config, dotted, value)
 
 
-def all_keys(obj: Any = None, prefix: str = "") -> list[str]:
-    """Every valid dotted key, e.g. model.n_layer."""
-    obj = Config() if obj is None else obj
-    keys = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += all_keys(value, prefix=f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
 def set_value(config: Config, dotted: str, value: Any) -> None:
     """Set one dotted key, e.g. set_value(cfg, "train.lr", 3e-4); unknown keys suggest a close match."""
-    if dotted not in all_keys():
-        hint = difflib.get_close_matches(dotted, all_keys(), n=1, cutoff=0.6)
+    keys = all_keys()
+    if dotted not in keys:
+        hint = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
         suggestion = f"; did you mean {hint[0]}?" if hint else ""
         raise ShoshinError(f"unknown config key {dotted!r}{suggestion}")
     *parents, leaf = dotted.split(".")
@@ -264,6 +344,8 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if isinstance(annotation, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if choices(annotation):
+        annotation = str  # the allowed values are checked by Config.validate
     if annotation in (int, float) and isinstance(value, str):
         # YAML 1.1 reads "3e-4" (no dot) as a string; numbers written that way are still numbers.
         try:
@@ -292,11 +374,16 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ShoshinError(f"{key} expects {expected.get(annotation, annotation)}, got {value!r}")
 
 
+def to_yaml(config: Config) -> str:
+    """The config as the YAML that save_config writes and load_config reads back."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from shoshin.runs.files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, to_yaml(config))
 
 
 def read_config(path: Path) -> Config:

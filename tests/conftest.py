@@ -1,4 +1,5 @@
-"""Shared test fixtures: every test gets its own runs folder and data cache, and runs the real CLI."""
+"""Shared test fixtures: every test gets its own runs folder and data cache, and runs the real CLI;
+a session-wide pair of tiny trained runs serves the tests that only read runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The tests train tiny models: one thread does it several times faster than two on a busy machine
+# (the threads only wait for each other). Set OMP_NUM_THREADS to run the suite with more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +52,12 @@ def cli():
 
 @pytest.fixture
 def shakespeare_like(tmp_path) -> Path:
-    """A small text corpus made on the spot (tests never need ../shared)."""
-    lines = []
+    """A small text corpus made on the spot."""
+    return write_corpus(tmp_path / "corpus.txt")
+
+
+def write_corpus(path: Path, lines: int = 3000) -> Path:
+    """A small made-up text corpus (tests never need ../shared)."""
     words = [
         "thou",
         "art",
@@ -63,11 +72,44 @@ def shakespeare_like(tmp_path) -> Path:
         "speak",
         "now",
     ]
-    for i in range(3000):
-        lines.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6 + i % 5)))
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = [
+        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(6 + i % 5))
+        for i in range(lines)
+    ]
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
     return path
+
+
+# A few tiny steps, no calibration, no sample: a whole run in about a second.
+QUICK = [
+    "train.max_steps=4",
+    "train.eval_interval=2",
+    "train.eval_iters=1",
+    "train.log_interval=1",
+    "train.checkpoint_interval=2",
+    "train.sample_tokens=0",
+    "train.calibrate=false",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> Path:
+    """A runs folder with two completed tiny runs (lr 3e-3 and 1e-3), trained once per session.
+
+    Tests copy it (shutil.copytree) before changing anything in it.
+    """
+    from shoshin.config import load_config
+    from shoshin.training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = write_corpus(root / "corpus.txt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOSHIN_CACHE_DIR", str(_shared_cache()))
+        mp.chdir(root)
+        for lr in ("3e-3", "1e-3"):
+            config = load_config("tiny", [f"data.source={corpus}", f"train.lr={lr}", *QUICK])
+            train(config, root / "runs", log=lambda *a: None)
+    return root / "runs"
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +127,7 @@ def tiny_bpe_run(tmp_path_factory) -> Path:
         "train.max_steps=10",
         "train.eval_iters=1",
         "train.sample_tokens=0",
+        "train.calibrate=false",
         "--runs-dir",
         str(root),
         env={"SHOSHIN_CACHE_DIR": str(_shared_cache())},

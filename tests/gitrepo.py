@@ -34,6 +34,7 @@ TINY = [
     "train.eval_iters=2",
     "train.checkpoint_interval=0",
     "train.sample_tokens=0",
+    "train.calibrate=false",
     "data.tokenizer=char",
 ]
 THREADS = {"OMP_NUM_THREADS": "1"}

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
-FAST = ["train.max_steps=2", "train.sample_tokens=0", "train.eval_iters=1"]
+FAST = ["train.max_steps=2", "train.sample_tokens=0", "train.eval_iters=1", "train.calibrate=false"]
 
 
 def assert_user_error(result, *fragments: str) -> None:

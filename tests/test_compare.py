@@ -9,7 +9,8 @@ from conftest import run_cli
 from gitrepo import TINY, shoshin_copy
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.compare import compare_runs, format_report
+from shoshin.runs.compare import compare_runs
+from shoshin.runs.report import format_compare
 from shoshin.runs.store import Run
 
 
@@ -39,7 +40,7 @@ def test_config_difference_is_exactly_that_key(tmp_path, shakespeare_like):
     )
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    text = format_report(compare_runs([Run(tmp_path / "runs" / a), Run(tmp_path / "runs" / b)]))
+    text = format_compare(compare_runs([Run(tmp_path / "runs" / a), Run(tmp_path / "runs" / b)]))
     config_block = text.split("config (keys that differ):\n")[1].split("\n\n")[0]
     assert [line.split()[0] for line in config_block.splitlines()] == ["key", "train.lr"]
     assert "code (fingerprints identical)" in text and "data: identical" in text
@@ -71,7 +72,7 @@ def test_code_edit_is_reported_with_its_diff(tmp_path, shakespeare_like):
     assert states[0]["dirty"] is False and states[1]["dirty"] is True
     assert states[0]["commit"] == states[1]["commit"]
 
-    text = format_report(compare_runs([Run(tmp_path / "runs" / a), Run(tmp_path / "runs" / b)]))
+    text = format_compare(compare_runs([Run(tmp_path / "runs" / a), Run(tmp_path / "runs" / b)]))
     assert "code (fingerprints differ)" in text
     assert "+EXPERIMENT = 'warmup tweak'  # the edit under test" in text
     assert "(dirty)" in text

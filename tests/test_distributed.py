@@ -23,6 +23,7 @@ OVERRIDES = [
     "train.eval_iters=2",
     "train.checkpoint_interval=4",
     "train.sample_tokens=0",
+    "train.calibrate=false",
 ]
 
 
@@ -129,6 +130,37 @@ def test_failure_on_one_rank_marks_run_failed_then_resume_matches(tmp_path, shak
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["steps"] == 8
     assert_same_curves(single, run)
+
+
+THREADS_LEFT = textwrap.dedent(
+    """
+    # Runs `shoshin ARGS`, then fails if a gloo thread outlived the process group.
+    import os
+    import sys
+
+    from shoshin.cli import main
+
+    status = main(sys.argv[1:])
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    gloo = [n for n in names if "gloo" in n]
+    if gloo:
+        print(f"rank {os.environ['RANK']}: gloo threads still running: {gloo}", file=sys.stderr)
+    sys.exit(status or (3 if gloo else 0))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_process_group_is_freed_when_training_ends(tmp_path, shakespeare_like):
+    """No gloo thread may outlive the job: left to interpreter teardown, they now and then abort
+    the process (SIGABRT), and torchrun fails a job that trained correctly."""
+    script = tmp_path / "threads_left.py"
+    script.write_text(THREADS_LEFT)
+    args = ["train", "tiny", f"data.source={shakespeare_like}", "train.batch_size=4", *OVERRIDES]
+    result = torchrun(
+        *args, "train.max_steps=2", "--runs-dir", str(tmp_path / "runs"), script=[str(script)]
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_nproc_refused_under_torchrun(tmp_path):

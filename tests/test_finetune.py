@@ -91,7 +91,7 @@ def test_finetune_chat_run_learns_and_works_everywhere(tmp_path):
         "finetune", "--from", str(folder), f"data.source={chat}", "model.block_size=48",
         "model.dropout=0", "train.max_steps=40", "train.lr=3e-3", "train.warmup_steps=2",
         "train.batch_size=8", "train.eval_interval=10", "train.checkpoint_interval=5",
-        "train.log_interval=5", "train.sample_tokens=10",
+        "train.log_interval=5", "train.sample_tokens=10", "train.calibrate=false",
     ]  # fmt: skip
     # Interrupt it after its first checkpoint, then resume: a fine-tuning run resumes like any run.
     proc = subprocess.Popen(
@@ -149,7 +149,7 @@ def test_finetuned_gpt1_run_exports_as_openai_gpt(tmp_path):
     folder = make_gpt1(tmp_path / "gpt1-tiny")
     chat = write_chat(tmp_path / "chat.jsonl")
     overrides = [f"data.source={chat}", "model.block_size=48", "train.max_steps=3"]
-    overrides += ["train.eval_iters=2", "train.sample_tokens=0"]
+    overrides += ["train.eval_iters=2", "train.sample_tokens=0", "train.calibrate=false"]
     config = load_config("finetune", overrides)
     run = finetune(str(folder), config, tmp_path / "runs", overrides=overrides, log=lambda *a: None)
     model, tok = shoshin.load(run.path)

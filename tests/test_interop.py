@@ -187,7 +187,14 @@ def _train(tmp_path, *overrides: str) -> str:
 
     chat = write_chat(tmp_path / "chat.jsonl")
     config = load_config(
-        "tiny", [f"data.source={chat}", "train.sample_tokens=0", "train.eval_iters=2", *overrides]
+        "tiny",
+        [
+            f"data.source={chat}",
+            "train.sample_tokens=0",
+            "train.eval_iters=2",
+            "train.calibrate=false",
+            *overrides,
+        ],
     )
     return train(config, tmp_path / "runs", log=lambda *a: None).id
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import run_cli
 
-from shoshin.training.lr_find import lr_range, smooth, smoothing_for, suggest
+from shoshin.experiments.lr_find import lr_range, smooth, smoothing_for, suggest
 
 
 def test_lr_range_is_geometric_between_the_ends():

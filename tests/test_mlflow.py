@@ -12,6 +12,7 @@ import pytest
 from gitrepo import THREADS, TINY
 
 from shoshin.runs.mlflow_sink import flatten, lock_path, provenance_tags
+from shoshin.runs.record import manifest_from_dict
 
 
 @pytest.mark.slow
@@ -74,7 +75,7 @@ def test_flatten_tags_and_lock_path(tmp_path):
         "code": {"fingerprint": {"shoshin_source": "f" * 64, "config_file": None}},
         "data": {"fingerprint": "d" * 64, "split": {"sha256": "s" * 64}},
     }
-    tags = provenance_tags(manifest)
+    tags = provenance_tags(manifest_from_dict(manifest))
     assert tags["mlflow.source.git.commit"] == "c" * 40 and tags["shoshin.git.dirty"] == "True"
     assert tags["shoshin.code_fingerprint"] == "f" * 64
     assert tags["shoshin.data.split_sha256"] == "s" * 64

@@ -91,7 +91,7 @@ def test_code_fingerprint_without_git(tmp_path):
     config.write_text("train: {lr: 0.01}\n")
     first = code_fingerprint(config)
     config.write_text("train: {lr: 0.02}\n")
-    assert code_fingerprint(config)["config_file"]["sha256"] != first["config_file"]["sha256"]
+    assert code_fingerprint(config).config_file.sha256 != first.config_file.sha256
 
 
 @pytest.mark.slow
@@ -132,7 +132,7 @@ def test_untracked_files_are_listed_but_only_small_source_files_saved(tmp_path):
     (repo / "pkg" / "runs").mkdir(parents=True)  # a source folder that happens to be named runs
     (repo / "pkg" / "runs" / "store.py").write_text("y = 2\n")
     state = git_state(repo, tmp_path / "run" / "code", "workdir", skip=(repo / "runs",))
-    listed = {e["path"]: e for e in state["untracked"]}
+    listed = {e.path: e for e in state.untracked}
     assert set(listed) == {
         "train_extra.py",
         "secrets.yaml",
@@ -140,9 +140,9 @@ def test_untracked_files_are_listed_but_only_small_source_files_saved(tmp_path):
         "data.bin",
         "pkg/runs/store.py",
     }
-    assert all(len(e["sha256"]) == 64 for e in listed.values())
+    assert all(len(e.sha256) == 64 for e in listed.values())
     saved_dir = tmp_path / "run" / "code" / "workdir-untracked"
     saved = sorted(p.relative_to(saved_dir).as_posix() for p in saved_dir.rglob("*.py"))
-    assert saved == ["pkg/runs/store.py", "train_extra.py"] and listed["train_extra.py"]["saved"]
-    assert not (saved_dir / "secrets.yaml").exists() and not listed["big.py"]["saved"]
-    assert state["dirty"] is True and state["patch"] is None  # nothing tracked was changed
+    assert saved == ["pkg/runs/store.py", "train_extra.py"] and listed["train_extra.py"].saved
+    assert not (saved_dir / "secrets.yaml").exists() and not listed["big.py"].saved
+    assert state.dirty is True and state.patch is None  # nothing tracked was changed

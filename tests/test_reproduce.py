@@ -9,7 +9,7 @@ from conftest import run_cli
 from gitrepo import THREADS, TINY, shoshin_copy
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.reproduce import compare_histories
+from shoshin.experiments.reproduce import compare_histories
 
 
 def _only_run(tmp_path) -> str:

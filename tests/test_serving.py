@@ -397,6 +397,7 @@ def test_shoshin_serve_cli_on_a_trained_run(tmp_path):
         "train.max_steps=10",
         "train.eval_interval=10",
         "train.sample_tokens=0",
+        "train.calibrate=false",
         env=one_thread,
     )
     assert trained.returncode == 0, trained.stderr

@@ -15,6 +15,7 @@ import pytest
 from conftest import run_cli
 
 from shoshin.config import load_config
+from shoshin.runs.store import Run
 from shoshin.training.trainer import train
 
 
@@ -39,11 +40,12 @@ def test_both_architectures_learn(arch, shakespeare_like, tmp_path):
             "train.eval_interval=120",
             "train.lr=1e-2",
             "train.sample_tokens=0",
+            "train.calibrate=false",
         ],
     )
     run = train(config, tmp_path / "runs", log=lambda _: None)
     vocab = config.model.vocab_size
-    final = run.manifest["final_val_loss"]
+    final = run.manifest.final_val_loss
     assert final < 0.75 * math.log(vocab), (final, math.log(vocab))  # uniform guessing: ln(vocab)
 
 
@@ -67,6 +69,7 @@ TRAIN_ARGS = [
     "train.eval_interval=30",
     "train.log_interval=1",
     "train.sample_tokens=0",
+    "train.calibrate=false",
     "model.dropout=0.1",  # resume must restore the dropout RNG too
 ]
 
@@ -163,27 +166,71 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_interrupted(tmp_path):
     assert index["latest"] == f"step-{manifest['steps']:07d}"
 
 
+def test_ctrl_c_mid_step_before_the_first_checkpoint_resumes_from_the_start(
+    tmp_path, shakespeare_like
+):
+    """An interrupt after the optimizer step keeps the previous checkpoint; before the first
+    periodic one, that is the starting state every new run saves (step 0)."""
+    from shoshin.runs.store import create_run
+    from shoshin.training.trainer import Trainer, resume
+
+    overrides = ["train.max_steps=8", "train.checkpoint_interval=0", "train.eval_interval=4"]
+    overrides += ["train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0"]
+    overrides += ["train.calibrate=false", "model.dropout=0.1", f"data.source={shakespeare_like}"]
+    config = load_config("tiny", overrides)
+    straight = train(config, tmp_path / "a", log=lambda _: None).metrics()
+
+    run = create_run(config, tmp_path / "b")
+    trainer = Trainer(config, run, log=lambda _: None)
+    append = run.append_metrics
+
+    def interrupted_at_step_3(row):  # Ctrl-C after step 3's optimizer step, as it is recorded
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+        append(row)
+
+    run.append_metrics = interrupted_at_step_3
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert run.manifest.status == "interrupted" and run.manifest.steps == 0
+    index = json.loads((run.path / "checkpoints" / "index.json").read_text())
+    assert index["latest"] == "step-0000000"
+
+    resume(Run(run.path), log=lambda _: None)
+    keys = ("step", "train_loss", "val_loss", "lr")
+    again = Run(run.path).metrics()
+    assert [{k: r.get(k) for k in keys} for r in again] == [
+        {k: r.get(k) for k in keys} for r in straight
+    ]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     from shoshin.errors import ShoshinError
     from shoshin.runs.store import create_run
     from shoshin.training.trainer import Trainer
 
     config = load_config(
-        "tiny", ["train.max_steps=30", "train.checkpoint_interval=10", "train.eval_interval=0"]
+        "tiny",
+        [
+            "train.max_steps=30",
+            "train.checkpoint_interval=10",
+            "train.eval_interval=0",
+            "train.calibrate=false",
+        ],
     )
     run = create_run(config, tmp_path / "runs")
     trainer = Trainer(config, run, log=lambda _: None)
-    healthy = trainer.forward
+    healthy = trainer.train_step.forward
 
     def diverging(idx, targets=None):  # a model whose loss blows up from step 16 on
         loss = healthy(idx, targets)
         return loss * float("inf") if trainer.step >= 15 else loss
 
-    trainer.forward = diverging
+    trainer.train_step.forward = diverging
     with pytest.raises(ShoshinError, match="training loss became inf at step 16"):
         trainer.fit()
     manifest = run.manifest
-    assert manifest["status"] == "failed" and "training loss became inf" in manifest["error"]
+    assert manifest.status == "failed" and "training loss became inf" in manifest.error
     index = json.loads((run.path / "checkpoints" / "index.json").read_text())
     assert index["latest"] == "step-0000010"
     listed = run_cli("runs")
@@ -192,16 +239,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_time_budget_stops_and_checkpoints(tmp_path):
     config = load_config(
-        "tiny", ["train.max_steps=100000", "train.max_minutes=0.05", "train.sample_tokens=0"]
+        "tiny",
+        [
+            "train.max_steps=100000",
+            "train.max_minutes=0.05",
+            "train.sample_tokens=0",
+            "train.calibrate=false",
+        ],
     )
     run = train(config, tmp_path / "runs", log=lambda _: None)
     manifest = run.manifest
-    assert manifest["status"] == "completed"
-    assert 0 < manifest["steps"] < 100000
+    assert manifest.status == "completed"
+    assert 0 < manifest.steps < 100000
     rows = run.metrics()
-    assert rows[-1]["step"] == manifest["steps"] and "val_loss" in rows[-1]
+    assert rows[-1]["step"] == manifest.steps and "val_loss" in rows[-1]
     index = json.loads((run.path / "checkpoints" / "index.json").read_text())
-    assert index["latest"] == f"step-{manifest['steps']:07d}"
+    assert index["latest"] == f"step-{manifest.steps:07d}"
 
 
 def test_tokenized_data_is_cached(tmp_path, shakespeare_like, monkeypatch):

@@ -110,23 +110,21 @@ def mirror_to_mlflow(run: Any, paths: list[Path], log: Callable[[str], None] = p
     """
     from shoshin.errors import ShoshinError
 
-    recorded = run.manifest.get("mlflow") or {}
+    recorded = run.manifest.mlflow  # shoshin.runs.record.MlflowLink, or None
     try:
         tracking = run.config.tracking
     except ShoshinError:  # no readable config: nothing says where to mirror
         return
-    if not tracking.mlflow or not recorded.get("run_id"):
+    if not tracking.mlflow or recorded is None or not recorded.run_id:
         return
     from shoshin.runs.mlflow_sink import MlflowMirror, open_store
 
     try:
-        client, _ = open_store(
-            recorded.get("uri") or tracking.mlflow_uri, tracking.mlflow_experiment
-        )
+        client, _ = open_store(recorded.uri or tracking.mlflow_uri, tracking.mlflow_experiment)
     except Exception as exc:
         log(f"warning: cannot open the MLflow store to mirror the evaluation ({exc})")
         return
-    mirror = MlflowMirror(client, recorded["run_id"], run, log)
+    mirror = MlflowMirror(client, recorded.run_id, run, log)
     for path in paths:
         record = EvalRecord.from_dict(read_json(path))
         row = {f"eval.{record.name}.{k}": v for k, v in record.metrics.items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shoshin.config import Config
-from shoshin.runs.files import read_json
+from shoshin.runs.record import Manifest, MlflowLink, read_manifest
 
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 RETRIES = 6  # SQLite allows one writer at a time; a busy database is retried, not fatal
@@ -108,7 +108,7 @@ class MlflowMirror:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._call(self.client.log_artifact, self.run_id, str(path), folder)
 
-    def log_params_and_tags(self, config: Config, manifest: dict[str, Any]) -> None:
+    def log_params_and_tags(self, config: Config, manifest: Manifest) -> None:
         from mlflow.entities import Param, RunTag
 
         params = [Param(k, str(v)) for k, v in flatten(config.to_dict()).items()]
@@ -120,10 +120,10 @@ class MlflowMirror:
     def finish(self, status: str) -> None:
         """End the MLflow run with the run's status; upload the manifest, config and patches."""
         path = self.run.path
-        manifest = read_json(path / "manifest.json")
+        manifest = read_manifest(path)
         self._call(self.client.set_tag, self.run_id, "shoshin.status", status)
-        if manifest.get("error"):
-            self._call(self.client.set_tag, self.run_id, "shoshin.error", manifest["error"][:5000])
+        if manifest.error:
+            self._call(self.client.set_tag, self.run_id, "shoshin.error", manifest.error[:5000])
         for name in ("manifest.json", "config.yaml", "traceback.txt"):
             if (path / name).is_file():
                 self.log_artifact(path / name)
@@ -132,32 +132,34 @@ class MlflowMirror:
         self._call(self.client.set_terminated, self.run_id, STATUS.get(status, "FAILED"))
 
 
-def provenance_tags(manifest: dict[str, Any]) -> dict[str, str]:
+def provenance_tags(manifest: Manifest) -> dict[str, str]:
     """The fingerprints and git state of a manifest as flat MLflow tags."""
-    tags = {"shoshin.run_id": manifest["id"]}
-    git = manifest.get("git") or {}
-    if git.get("commit"):
-        tags["mlflow.source.git.commit"] = git["commit"]  # MLflow's own tag: its UI links it
-        tags["shoshin.git.commit"] = git["commit"]
-    if git:
-        tags["shoshin.git.branch"] = str(git.get("branch"))
-        tags["shoshin.git.dirty"] = str(git.get("dirty"))
-    code = manifest.get("code") or {}
-    source_git = code.get("shoshin_git") or {}
-    if source_git.get("commit"):
-        tags["shoshin.source.git.commit"] = source_git["commit"]
-        tags["shoshin.source.git.dirty"] = str(source_git.get("dirty"))
-    fingerprint = code.get("fingerprint") or {}
-    if fingerprint.get("shoshin_source"):
-        tags["shoshin.code_fingerprint"] = fingerprint["shoshin_source"]
-    if fingerprint.get("config_file"):
-        tags["shoshin.config_file_sha256"] = fingerprint["config_file"]["sha256"]
-    data = manifest.get("data") or {}
-    for key in ("fingerprint", "source_sha256", "tokenizer_sha256"):
-        if data.get(key):
-            tags[f"shoshin.data.{key}"] = data[key]
-    if (data.get("split") or {}).get("sha256"):
-        tags["shoshin.data.split_sha256"] = data["split"]["sha256"]
+    tags = {"shoshin.run_id": manifest.id}
+    git = manifest.git
+    if git is not None:
+        if git.commit:
+            tags["mlflow.source.git.commit"] = git.commit  # MLflow's own tag: its UI links it
+            tags["shoshin.git.commit"] = git.commit
+        tags["shoshin.git.branch"] = str(git.branch)
+        tags["shoshin.git.dirty"] = str(git.dirty)
+    code = manifest.code
+    source_git = code.shoshin_git if code else None
+    if source_git is not None and source_git.commit:
+        tags["shoshin.source.git.commit"] = source_git.commit
+        tags["shoshin.source.git.dirty"] = str(source_git.dirty)
+    fingerprint = code.fingerprint if code else None
+    if fingerprint is not None:
+        if fingerprint.shoshin_source:
+            tags["shoshin.code_fingerprint"] = fingerprint.shoshin_source
+        if fingerprint.config_file is not None:
+            tags["shoshin.config_file_sha256"] = fingerprint.config_file.sha256
+    data = manifest.data
+    if data is not None:
+        for key in ("fingerprint", "source_sha256", "tokenizer_sha256"):
+            if getattr(data, key):
+                tags[f"shoshin.data.{key}"] = getattr(data, key)
+        if data.split.get("sha256"):
+            tags["shoshin.data.split_sha256"] = data.split["sha256"]
     return tags
 
 
@@ -171,26 +173,21 @@ def open_mirror(
     tracking = config.tracking
     if not tracking.mlflow:
         return None
-    recorded = run.manifest.get("mlflow") or {}
+    recorded = run.manifest.mlflow
     try:
         client, experiment_id = open_store(tracking.mlflow_uri, tracking.mlflow_experiment)
-        if recorded.get("uri") == tracking.mlflow_uri and recorded.get("run_id"):
+        if recorded is not None and recorded.run_id and recorded.uri == tracking.mlflow_uri:
             # A resumed run continues its MLflow run rather than starting a second one.
-            client.update_run(recorded["run_id"], status="RUNNING")
-            return MlflowMirror(client, recorded["run_id"], run, log)
+            client.update_run(recorded.run_id, status="RUNNING")
+            return MlflowMirror(client, recorded.run_id, run, log)
         created = client.create_run(experiment_id, run_name=run.id)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log(f"warning: cannot open MLflow store {tracking.mlflow_uri} ({first}); not mirroring")
         return None
     mirror = MlflowMirror(client, created.info.run_id, run, log)
-    manifest = run.update_manifest(
-        mlflow={
-            "uri": tracking.mlflow_uri,
-            "experiment_id": experiment_id,
-            "run_id": created.info.run_id,
-        }
-    )
+    link = MlflowLink(tracking.mlflow_uri, created.info.run_id, experiment_id)
+    manifest = run.update_manifest(mlflow=link)
     mirror.log_params_and_tags(config, manifest)
     mirror.log_artifact(run.path / "config.yaml")
     return mirror

@@ -27,6 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import shoshin
+from shoshin.runs.record import (
+    CodeFingerprint,
+    CodeRecord,
+    ConfigFile,
+    DataRecord,
+    Environment,
+    GitState,
+    UntrackedFile,
+)
 
 # Untracked files with these suffixes and at most this size are copied into the run directory,
 # unless their name suggests a secret (listed with their hash all the same).
@@ -81,7 +90,7 @@ def git_state(
     save_dir: Path | None = None,
     label: str = "workdir",
     skip: tuple[Path, ...] = (),
-) -> dict[str, Any] | None:
+) -> GitState | None:
     """The git state of the repository containing `cwd`, or None outside git.
 
     With `save_dir`, the uncommitted diff (against HEAD, staged or not) is written there as
@@ -95,26 +104,25 @@ def git_state(
     branch = _git(["symbolic-ref", "--short", "-q", "HEAD"], root) or None
     patch = _git(["diff", "--binary", commit or EMPTY_TREE], root, binary=True) or b""
     untracked = _untracked(root, skip)
-    state: dict[str, Any] = {
-        "root": str(root),
-        "commit": commit,
-        "branch": branch,
-        "dirty": bool(patch) or bool(untracked),
-        "patch": None,
-        "patch_sha256": sha256_bytes(patch) if patch else None,
-        "patch_lines": patch.count(b"\n"),
-        "untracked": untracked,
-    }
+    state = GitState(
+        root=str(root),
+        commit=commit,
+        branch=branch,
+        dirty=bool(patch) or bool(untracked),
+        patch_sha256=sha256_bytes(patch) if patch else None,
+        patch_lines=patch.count(b"\n"),
+        untracked=untracked,
+    )
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
         if patch:
             (save_dir / f"{label}.patch").write_bytes(patch)
-            state["patch"] = f"{save_dir.name}/{label}.patch"  # relative to the run directory
+            state.patch = f"{save_dir.name}/{label}.patch"  # relative to the run directory
         _save_untracked(root, untracked, save_dir / f"{label}-untracked")
     return state
 
 
-def _untracked(root: Path, skip: tuple[Path, ...]) -> list[dict[str, Any]]:
+def _untracked(root: Path, skip: tuple[Path, ...]) -> list[UntrackedFile]:
     out = _git(["ls-files", "--others", "--exclude-standard", "-z"], root, binary=True) or b""
     skip_resolved = [s.resolve() for s in skip]
     files = []
@@ -129,36 +137,36 @@ def _untracked(root: Path, skip: tuple[Path, ...]) -> list[dict[str, Any]]:
         if any(path.resolve().is_relative_to(s) for s in skip_resolved):
             continue
         if len(files) >= MAX_LISTED:
-            files.append({"path": "...", "truncated": True})
+            files.append(UntrackedFile(path="...", truncated=True))
             break
         try:
             size = path.stat().st_size
             digest = sha256_file(path) if size <= MAX_HASHED_FILE else None
         except OSError:  # vanished or unreadable: listed without a hash
             size, digest = None, None
-        files.append({"path": rel, "sha256": digest, "size": size, "saved": False})
+        files.append(UntrackedFile(path=rel, sha256=digest, size=size))
     return files
 
 
-def _save_untracked(root: Path, files: list[dict[str, Any]], folder: Path) -> None:
+def _save_untracked(root: Path, files: list[UntrackedFile], folder: Path) -> None:
     total = 0
     for entry in files:
-        size = entry.get("size")
-        if size is None or entry.get("truncated") or size > MAX_SAVED_FILE:
+        size = entry.size
+        if size is None or entry.truncated or size > MAX_SAVED_FILE:
             continue
-        name = Path(entry["path"]).name.lower()
+        name = Path(entry.path).name.lower()
         if Path(name).suffix not in SOURCE_SUFFIXES or SECRET_NAME.search(Path(name).stem):
             continue
         if total + size > MAX_SAVED_TOTAL:
             continue
-        target = folder / entry["path"]
+        target = folder / entry.path
         try:
-            data = (root / entry["path"]).read_bytes()
+            data = (root / entry.path).read_bytes()
         except OSError:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        entry["saved"] = True
+        entry.saved = True
         total += size
 
 
@@ -181,22 +189,21 @@ def source_files(package: Path | None = None) -> dict[str, str]:
     return hashes
 
 
-def code_fingerprint(config_file: str | Path | None = None) -> dict[str, Any]:
+def code_fingerprint(config_file: str | Path | None = None) -> CodeFingerprint:
     """Hashes of shoshin's source files and of the config file: a code identity without git."""
     files = source_files()
     combined = sha256_bytes(json.dumps(files, sort_keys=True).encode())
     config_entry = None
     if config_file and Path(config_file).is_file():
-        config_entry = {
-            "path": str(Path(config_file).resolve()),
-            "sha256": sha256_file(Path(config_file)),
-        }
-    return {"shoshin_source": combined, "files": files, "config_file": config_entry}
+        config_entry = ConfigFile(
+            path=str(Path(config_file).resolve()), sha256=sha256_file(Path(config_file))
+        )
+    return CodeFingerprint(shoshin_source=combined, files=files, config_file=config_entry)
 
 
 def code_record(
     run_dir: Path, config_file: str | Path | None = None, skip: tuple[Path, ...] = ()
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+) -> tuple[GitState | None, CodeRecord]:
     """(git state of the working directory, code record) for a new run; patches go to run_dir/code.
 
     The code record holds the fingerprint and the git state of shoshin's source tree, which is
@@ -208,16 +215,16 @@ def code_record(
     root = git_root(package)
     if root is None:
         shoshin_git = None
-    elif workdir and Path(workdir["root"]).resolve() == root.resolve():
-        shoshin_git = {"same_as_workdir": True, "root": str(root)}
+    elif workdir and Path(workdir.root or "").resolve() == root.resolve():
+        shoshin_git = GitState(root=str(root), same_as_workdir=True)
     else:
         shoshin_git = git_state(package, code_dir, "shoshin", skip)
-    return workdir, {
-        "shoshin_dir": str(package),
-        "shoshin_version": shoshin.__version__,
-        "shoshin_git": shoshin_git,
-        "fingerprint": code_fingerprint(config_file),
-    }
+    return workdir, CodeRecord(
+        shoshin_dir=str(package),
+        shoshin_version=shoshin.__version__,
+        shoshin_git=shoshin_git,
+        fingerprint=code_fingerprint(config_file),
+    )
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -250,51 +257,51 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(packages.items()))
 
 
-def environment() -> dict[str, Any]:
+def environment() -> Environment:
     """Python, PyTorch, packages, CPU, threads, GPUs and OS of this process."""
     import torch
 
     gpus = []
     if torch.cuda.is_available():
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "executable": sys.executable,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if gpus else None,
-        "cudnn": torch.backends.cudnn.version() if gpus else None,
-        "gpus": gpus,
-        "gpu_count": len(gpus),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "os": platform.platform(),
-        "machine": platform.machine(),
-        "packages": installed_packages(),
-    }
+    return Environment(
+        python=platform.python_version(),
+        python_implementation=platform.python_implementation(),
+        executable=sys.executable,
+        torch=torch.__version__,
+        cuda=torch.version.cuda if gpus else None,
+        cudnn=torch.backends.cudnn.version() if gpus else None,
+        gpus=gpus,
+        gpu_count=len(gpus),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        os=platform.platform(),
+        machine=platform.machine(),
+        packages=installed_packages(),
+    )
 
 
 # -- data --------------------------------------------------------------------------------------
 
 
-def data_record(data: Any, cfg: Any) -> dict[str, Any]:
+def data_record(data: Any, cfg: Any) -> DataRecord:
     """What the manifest says about the data: fingerprints, split, token counts, overlap report.
 
     `data` is a shoshin.data.dataset.PreparedData and `cfg` its DataConfig.
     """
     meta = data.meta
-    return {
-        "source": cfg.source,
-        "kind": data.kind,
-        "fingerprint": data.fingerprint,
-        "source_sha256": meta["source_sha256"],
-        "tokenizer": cfg.tokenizer,
-        "tokenizer_sha256": meta.get("tokenizer_sha256"),
-        "vocab_size": data.tokenizer.vocab_size,
-        "split": meta.get("split"),
-        "documents": meta["documents"],
-        "tokens": meta["tokens"],
-        "overlap": meta.get("overlap"),
-        **({"hf": meta["hf"]} if "hf" in meta else {}),  # an hf: dataset's name, revision, ...
-    }
+    return DataRecord(
+        source=cfg.source,
+        kind=data.kind,
+        fingerprint=data.fingerprint,
+        source_sha256=meta["source_sha256"],
+        tokenizer=cfg.tokenizer,
+        tokenizer_sha256=meta.get("tokenizer_sha256"),
+        vocab_size=data.tokenizer.vocab_size,
+        split=meta.get("split") or {},
+        documents=meta["documents"],
+        tokens=meta["tokens"],
+        overlap=meta.get("overlap") or {},
+        hf=meta.get("hf"),
+    )

@@ -9,25 +9,33 @@ runs/<id>/checkpoints/     see shoshin.training.checkpoint
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shoshin.config import Config, preset_names, read_config, save_config
+from shoshin.config import Config, preset_names, preset_path, read_config, save_config
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_json, atomic_write_text, read_json
 from shoshin.runs.provenance import code_record, environment
+from shoshin.runs.record import (
+    MANIFEST,
+    DamagedRecord,
+    Manifest,
+    append_metrics,
+    read_manifest,
+    read_metrics,
+    updated,
+    write_manifest,
+    write_metrics,
+)
 
-MANIFEST = "manifest.json"
-METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
+TRACEBACK = "traceback.txt"
 
 
 def runs_root(explicit: str | Path | None = None) -> Path:
@@ -40,7 +48,7 @@ def now_iso() -> str:
 
 
 class Run:
-    """One run directory and the files in it.
+    """One run directory and the files in it (read and written through shoshin.runs.record).
 
     `mirror` (set while training with tracking.mlflow=true) receives every metrics row too.
     """
@@ -54,11 +62,12 @@ class Run:
         return self.path.name
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
+        """The manifest as it is on disk now; a one-line error if it is damaged."""
         try:
-            return read_json(self.path / MANIFEST)
-        except (OSError, ValueError):
-            raise ShoshinError(f"run {self.path} has no readable {MANIFEST}") from None
+            return read_manifest(self.path)
+        except DamagedRecord as exc:
+            raise DamagedRecord(f"run {self.id} is broken: {exc}") from None
 
     @property
     def config(self) -> Config:
@@ -66,34 +75,32 @@ class Run:
             raise ShoshinError(f"run {self.path} has no {CONFIG}")
         return read_config(self.path / CONFIG)
 
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        manifest = self.manifest
-        manifest.update(fields)
-        atomic_write_json(self.path / MANIFEST, manifest)
+    def update_manifest(self, **fields: Any) -> Manifest:
+        """Set manifest fields (e.g. status=..., end_time=...) in one atomic rewrite."""
+        manifest = updated(self.manifest, **fields)
+        write_manifest(self.path, manifest)
         return manifest
 
+    def finish(self, status: str, exc: BaseException | None = None, **results: Any) -> Manifest:
+        """Record how the run ended, in one rewrite: its status, the end time, `results` (steps,
+        losses ...) and, when an exception ended it, the error in one line and the traceback
+        (saved as traceback.txt)."""
+        if exc is not None:
+            (self.path / TRACEBACK).write_text("".join(traceback.format_exception(exc)))
+            results.update(error=f"{type(exc).__name__}: {exc}", traceback=TRACEBACK)
+        return self.update_manifest(status=status, end_time=now_iso(), **results)
+
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / METRICS
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut short by a killed process
-                break
-        return rows
+        return read_metrics(self.path)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(self.path, row)
         if self.mirror is not None:
             self.mirror.log_metrics(row)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only rows up to `last_step` (used when resuming from a checkpoint)."""
-        rows = [r for r in self.metrics() if r["step"] <= last_step]
-        atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        write_metrics(self.path, [r for r in self.metrics() if r["step"] <= last_step])
 
 
 def create_run(
@@ -115,26 +122,22 @@ def create_run(
     save_config(config, path / CONFIG)
     command = command if command is not None else sys.argv
     workdir_git, code = code_record(path, config_file_in(command), skip=(Path(root),))
-    atomic_write_json(
-        path / MANIFEST,
-        {
-            "id": run_id,
-            "name": name,
-            "command": command,
-            "cwd": os.getcwd(),
-            "status": "running",
-            "start_time": now_iso(),
-            "end_time": None,
-            "seed": config.train.seed,
-            "seeds": {"train": config.train.seed, "split": config.data.split_seed},
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "git": workdir_git,
-            "code": code,
-            "environment": environment(),
-            **(extra or {}),
-        },
+    manifest = Manifest(
+        id=run_id,
+        name=name,
+        command=list(command),
+        cwd=os.getcwd(),
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        seed=config.train.seed,
+        seeds={"train": config.train.seed, "split": config.data.split_seed},
+        status="running",
+        start_time=now_iso(),
+        git=workdir_git,
+        code=code,
+        environment=environment(),
     )
+    write_manifest(path, updated(manifest, **(extra or {})))
     return Run(path)
 
 
@@ -145,77 +148,101 @@ def config_file_in(command: list[str]) -> Path | None:
         if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
             return Path(arg)
         if arg in presets:
-            return Path(str(resources.files("shoshin") / "presets" / f"{arg}.yaml"))
+            return preset_path(arg)
     return None
 
 
 def all_runs(root: Path) -> list[Run]:
-    """Runs under `root`, oldest first."""
+    """Runs under `root` (folders with a manifest, readable or not), oldest first."""
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted((Run(p) for p in root.iterdir() if (p / MANIFEST).is_file()), key=lambda r: r.id)
 
 
+def readable_runs(root: Path) -> list[tuple[Run, Manifest]]:
+    """Each run under `root` whose manifest can be read, with that manifest; broken ones skipped."""
+    out = []
+    for run in all_runs(root):
+        try:
+            out.append((run, run.manifest))
+        except DamagedRecord:
+            continue
+    return out
+
+
 TRAINING_KINDS = ("train", "finetune")  # the runs `latest` can name
 
 
-def run_kind(manifest: dict[str, Any]) -> str:
+def run_kind(manifest: Manifest) -> str:
     """What made a run: "train", "finetune", "reproduction" (shoshin reproduce) or "lr-find"."""
-    if manifest.get("kind") == "lr-find":
+    if manifest.kind == "lr-find":
         return "lr-find"
-    if manifest.get("reproduction_of"):
+    if manifest.reproduction_of:
         return "reproduction"
-    return "finetune" if manifest.get("base_model") else "train"
+    return "finetune" if manifest.base_model is not None else "train"
 
 
 def latest_run(root: Path) -> Run:
     """The training run (`train` or `finetune`) started last: what `latest` names.
 
     Reproductions and lr-find runs are checks of other runs, not models to use, so a
-    `shoshin reproduce` or `lr-find` never moves `latest`; runs whose manifest cannot be read are
-    passed over.
+    `shoshin reproduce` or `lr-find` never moves `latest`; broken runs (a manifest that cannot be
+    read) are passed over.
     """
-    started = []
-    for run in all_runs(root):
-        try:
-            manifest = run.manifest
-        except ShoshinError:
-            continue
-        if run_kind(manifest) in TRAINING_KINDS:
-            started.append((manifest.get("start_time") or "", run.id, run))
+    started = [
+        (m.start_time or "", run.id, run)
+        for run, m in readable_runs(root)
+        if run_kind(m) in TRAINING_KINDS
+    ]
     if not started:
         raise ShoshinError(f"no training runs in {root} yet; train one with: shoshin train tiny")
     return max(started, key=lambda item: item[:2])[2]
 
 
 def resolve_run(ref: str, root: Path) -> Run:
-    """A run from an id, a unique id prefix, `latest` (see latest_run), or a run directory path."""
+    """A run from an id, a unique id prefix, `latest` (see latest_run), or a run directory path.
+
+    Naming a broken run is a one-line error saying why it is broken.
+    """
     path = Path(ref)
     if (path / MANIFEST).is_file():
-        return Run(path)
+        return _readable(Run(path))
     if ref == "latest":
         return latest_run(root)
     runs = all_runs(root)
     exact = [r for r in runs if r.id == ref]
     if exact:
-        return exact[0]
+        return _readable(exact[0])
     matches = [r for r in runs if r.id.startswith(ref)]
     if len(matches) == 1:
-        return matches[0]
+        return _readable(matches[0])
     if matches:
         names = ", ".join(r.id for r in matches[:5])
         raise ShoshinError(f"run prefix {ref!r} is ambiguous: {names}")
     raise ShoshinError(f"no run {ref!r} in {root} (see: shoshin runs)")
 
 
-def effective_status(manifest: dict[str, Any]) -> str:
+def _readable(run: Run) -> Run:
+    _ = run.manifest  # raises the one-line DamagedRecord of a broken run
+    return run
+
+
+def effective_status(manifest: Manifest) -> str:
     """The recorded status, except that a 'running' run whose process is gone on this host is 'died'."""
-    status = manifest.get("status", "unknown")
-    if status == "running" and manifest.get("hostname") == socket.gethostname():
-        pid = manifest.get("pid")
-        try:
-            os.kill(int(pid), 0)
-        except (OSError, TypeError, ValueError):
+    if manifest.status == "running" and manifest.hostname == socket.gethostname():
+        if not _alive(manifest.pid):
             return "died"
-    return status
+    return manifest.status
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid or pid < 1:  # 0 and negative numbers would address process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # it exists, as another user's process
+        return True
+    except OSError:
+        return False
+    return True

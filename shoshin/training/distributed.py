@@ -18,6 +18,8 @@ everything here is a no-op for a single process.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
 import signal
 import subprocess
@@ -32,6 +34,15 @@ import torch.distributed as dist
 from shoshin.errors import ShoshinError
 
 T = TypeVar("T")
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device for train.device: auto (CUDA when there is a GPU, else CPU), cpu or cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
+    return torch.device(name)
 
 
 class RankTerminated(ShoshinError):
@@ -109,6 +120,19 @@ class DistContext:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def rank_zero_only(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Run a method only on rank 0, the one process that writes the run directory.
+
+    For methods of an object holding its DistContext as `self.dist`; other ranks get None.
+    """
+
+    @functools.wraps(method)
+    def on_rank_zero(self: Any, *args: Any, **kwargs: Any) -> T | None:
+        return method(self, *args, **kwargs) if self.dist.is_main else None
+
+    return on_rank_zero
+
+
 def under_torchrun() -> bool:
     """True in a process started by torchrun (it sets WORLD_SIZE and LOCAL_RANK)."""
     return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
@@ -124,6 +148,13 @@ def init_distributed(device: torch.device) -> DistContext:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # DDP imports torch._dynamo (and with it torch._inductor) when it is built; imported
+        # while a process group exists, they keep a reference to it, so destroy_process_group()
+        # cannot free it and gloo's threads live on into interpreter teardown, where they
+        # sometimes abort the process ("terminate called without an active exception",
+        # SIGABRT; torchrun then fails the job). Imported before the group exists, they do not.
+        importlib.import_module("torch._dynamo")
+
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         signal.signal(signal.SIGTERM, _raise_terminated)

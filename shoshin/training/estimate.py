@@ -13,48 +13,23 @@ attention score and weighted-sum work, which grows with the context and is not i
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from shoshin.config import Config, ModelConfig
-from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.data.dataset import PreparedData, check_fits, prepare_data
 from shoshin.models import architecture, build_model, count_parameters
 from shoshin.progress import SlowWork, format_seconds
-from shoshin.training.optim import make_optimizer
+from shoshin.runs.record import Estimate
+from shoshin.training.distributed import DistContext, pick_device
+from shoshin.training.step import TrainStep, draw_batch
 
 FLOAT32 = 4
-
-
-@dataclass
-class Estimate:
-    """Everything `shoshin estimate` reports; saved as `estimate` in each run's manifest."""
-
-    params: int
-    matmul_params: int  # N in 6N: parameters used in matrix multiplies
-    flops_per_token: float  # training (forward + backward)
-    attention_flops_per_token: float  # the part of flops_per_token that is not 6N
-    tokens_per_step: int
-    steps: int
-    total_tokens: int
-    total_flops: float
-    memory: dict[str, int] = field(default_factory=dict)  # bytes, see memory_estimate()
-    step_seconds: float | None = None  # calibrated mean time of one optimizer step
-    eval_batch_seconds: float | None = None  # calibrated time of one evaluation batch
-    calibration_steps: int = 0
-    predicted_train_seconds: float | None = None  # optimizer steps only (a run's `elapsed`)
-    predicted_eval_seconds: float | None = None
-    predicted_total_seconds: float | None = None
-    achieved_flops_per_second: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+CALIBRATION_STEPS = 5  # timed optimizer steps (after 2 untimed ones) when train.calibrate is on
 
 
 def flops_per_token(config: ModelConfig, matmul_params: int) -> tuple[float, float]:
@@ -136,38 +111,22 @@ def calibrate(
 
     The copy, its optimizer and its batches are separate from any run, and the global RNG is
     restored afterwards, so calibrating inside a training process changes none of its results.
+    The steps are the training step itself (shoshin.training.step), at the run's peak rate.
     """
     tc, T = config.train, config.model.block_size
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if tc.dtype == "bfloat16"
-        else contextlib.nullcontext()
-    )
+    single = DistContext(device=device)
     with torch.random.fork_rng(devices=[]):
         model = build_model(config.model).to(device)
-        optimizer = make_optimizer(model, tc, device.type)
         gen = torch.Generator().manual_seed(tc.seed + 2)
-
-        def step() -> None:
-            for _ in range(tc.grad_accum):
-                x, y = get_batch(data.train, tc.batch_size, T, gen)
-                with autocast:
-                    loss = model(x.to(device), y.to(device)) / tc.grad_accum
-                loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        step = TrainStep(model, tc, T, data.train, gen, schedule=lambda _: tc.lr, dist=single)
 
         @torch.no_grad()
         def eval_batch() -> None:
-            x, y = get_batch(data.val, tc.batch_size, T, gen)
-            with autocast:
-                model(x.to(device), y.to(device)).item()
+            step.loss(*draw_batch(data.val, tc.batch_size, T, gen, single)).item()
 
         what = f"calibrating the time estimate ({warmup + steps} training steps on this machine)"
         progress = SlowWork(what, warmup + 2 * steps + 1, log)
-        step_s = _timed(step, steps, warmup, device, progress)
+        step_s = _timed(lambda: step(0), steps, warmup, device, progress)
         model.eval()
         eval_s = _timed(eval_batch, steps, 1, device, progress)
     return step_s, eval_s
@@ -193,7 +152,7 @@ def estimate(
     config: Config,
     data: PreparedData | None = None,
     device: torch.device | None = None,
-    calibration_steps: int = 5,
+    calibration_steps: int = CALIBRATION_STEPS,
     model_resident: bool = False,
     log=print,
 ) -> Estimate:
@@ -202,8 +161,6 @@ def estimate(
     `model_resident` says the caller already holds the model's weights (a Trainer does), so they
     are not counted twice in the measured runtime.
     """
-    from shoshin.training.trainer import pick_device
-
     device = device or pick_device(config.train.device)
     if data is None:
         data = prepare_data(config.data, log=log)

@@ -17,6 +17,7 @@ from pathlib import Path
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import FAMILIES, Pretrained, load_checkpoint
+from shoshin.runs.record import Manifest
 from shoshin.runs.store import Run
 from shoshin.training.trainer import train
 
@@ -75,18 +76,23 @@ def finetune(
     return train(config, runs_dir, command, log=log, init=base)
 
 
-def recorded_base(manifest: dict) -> Pretrained | None:
+def recorded_base(manifest: Manifest) -> Pretrained | None:
     """The checkpoint a fine-tuning run started from (to re-run it), or None for a from-scratch run.
 
     Refuses a checkpoint whose weights changed since the run: it would not be the same experiment.
     """
-    recorded = manifest.get("base_model")
-    if not recorded:
+    recorded = manifest.base_model
+    if recorded is None:
         return None
-    base = load_checkpoint(recorded["source"])
-    if base.weights_sha256 != recorded["weights_sha256"]:
+    if not recorded.source or not recorded.weights_sha256:
         raise ShoshinError(
-            f"the weights of {recorded['source']} changed since this run fine-tuned them "
-            f"(sha256 {recorded['weights_sha256'][:12]}..., now {base.weights_sha256[:12]}...)"
+            "the manifest's base_model does not say which checkpoint the run fine-tuned "
+            "(source and weights_sha256); it cannot be re-run"
+        )
+    base = load_checkpoint(recorded.source)
+    if base.weights_sha256 != recorded.weights_sha256:
+        raise ShoshinError(
+            f"the weights of {recorded.source} changed since this run fine-tuned them "
+            f"(sha256 {recorded.weights_sha256[:12]}..., now {base.weights_sha256[:12]}...)"
         )
     return base

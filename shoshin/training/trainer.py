@@ -1,5 +1,11 @@
 """The training loop: one story from config to a run directory with metrics and checkpoints.
 
+`Trainer.fit` reads top to bottom: take a step (shoshin.training.step, the one training step),
+guard against a non-finite loss, log, evaluate, write the metrics row, checkpoint; then close out;
+an interrupt or a failure is recorded on the way out. Under torchrun every rank runs this same
+loop; the methods marked `@rank_zero_only` are the ones that write (the run directory, logs,
+checkpoints), and they run on rank 0 alone.
+
 Resume is exact: model, optimizer, schedule position, RNG states (dropout and the batch sampler) are
 restored from the checkpoint, so an interrupted-then-resumed run logs the same losses as one that
 ran straight through (bitwise on CPU with the same thread count).
@@ -7,21 +13,18 @@ ran straight through (bitwise on CPU with the same thread count).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from shoshin.config import Config, save_config
 from shoshin.data.chat import is_chat_tokenizer
-from shoshin.data.dataset import PreparedData, check_fits, get_batch, prepare_data
+from shoshin.data.dataset import PreparedData, check_fits, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.evaluation.evaluate import heldout_at_end_of_training
@@ -31,6 +34,7 @@ from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
+from shoshin.runs.record import Resume
 from shoshin.runs.store import CONFIG, Run, create_run, now_iso
 from shoshin.training.checkpoint import (
     checkpoint_path,
@@ -41,17 +45,10 @@ from shoshin.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from shoshin.training.distributed import init_distributed
-from shoshin.training.estimate import estimate, peak_resident_bytes
-from shoshin.training.optim import lr_at, make_optimizer
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
-    return torch.device(name)
+from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
+from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
+from shoshin.training.optim import lr_at
+from shoshin.training.step import TrainStep, draw_batch
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -89,17 +86,52 @@ def _pretrained_tokenizer(config: Config, run: Run, init: Pretrained | None) -> 
     return tokenizer
 
 
-class Trainer:
-    """Trains one run. Use `train(config)` for a new run or `resume(run)` to continue one.
+class Progress:
+    """A progress bar on a terminal; elsewhere, one log line per logged step."""
 
-    Under torchrun every rank builds a Trainer; only rank 0 (`self.dist.is_main`) writes anything.
-    """
+    def __init__(self, max_steps: int, step: int, log, show_bar: bool):
+        self.max_steps = max_steps
+        self.log = log
+        self.interactive = show_bar and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=max_steps, initial=step, disable=not self.interactive, dynamic_ncols=True
+        )
+
+    def advance(self, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def report(self, step: int, row: dict[str, float], elapsed: float) -> None:
+        """`step 50/1000 | loss ... | val ... | lr ... | tok/s | eta` (only evaluations on a bar)."""
+        parts = [f"step {step}/{self.max_steps}"]
+        if "train_loss" in row:
+            parts.append(f"loss {row['train_loss']:.4f}")
+        if "val_loss" in row:
+            parts.append(f"val {row['val_loss']:.4f}")
+        if "lr" in row:
+            parts.append(f"lr {row['lr']:.2e}")
+        if "tokens_per_sec" in row:
+            parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
+            remaining = (self.max_steps - step) * elapsed / max(step, 1)
+            parts.append(f"eta {remaining / 60:.1f} min")
+        line = " | ".join(parts)
+        if not self.interactive:
+            self.log(line)
+        elif "val_loss" in row:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Trainer:
+    """Trains one run. Use `train(config)` for a new run or `resume(run)` to continue one."""
 
     def __init__(self, config: Config, run: Run, log=print, init: Pretrained | None = None):
         """`init`: a pretrained checkpoint to start from (shoshin finetune) instead of random weights."""
         self.config = config
         self.run = run
-        tc = config.train
+        tc, T = config.train, config.model.block_size
         self.dist = init_distributed(pick_device(tc.device))
         self.log = log if self.dist.is_main else _quiet
         self.device = self.dist.device
@@ -107,37 +139,35 @@ class Trainer:
             self.data: PreparedData = prepare_data(
                 config.data, log=self.log, tokenizer=_pretrained_tokenizer(config, run, init)
             )
-        check_fits(self.data, config.model.block_size, config.data.source)
+        check_fits(self.data, T, config.data.source)
         config.model.vocab_size = self.data.tokenizer.vocab_size
         torch.manual_seed(tc.seed)
         self.model = build_model(config.model)
         if init is not None:
             init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
-            if self.dist.is_main:
-                run.update_manifest(base_model=init.describe())
+            self._record(base_model=init.describe())
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, tc, self.device.type)
         self.batch_gen = torch.Generator().manual_seed(tc.seed)
+        self.train_step = TrainStep(
+            self.model,
+            tc,
+            T,
+            self.data.train,
+            self.batch_gen,
+            schedule=lambda step: lr_at(step, tc),
+            dist=self.dist,
+            compile=tc.compile,
+        )
+        self.tokens_per_step = tc.batch_size * self.dist.world_size * tc.grad_accum * T
+        # Where training stands; a checkpoint restores all of it.
         self.step = 0
         self.best_val = math.inf
-        self.elapsed = 0.0  # seconds of training across resumes
+        self.elapsed = 0.0  # seconds of training across resumes (evaluation excluded)
         self.tokens_seen = 0
         self.last_eval_step = -1
-        # DDP averages gradients across ranks during backward; one process trains the bare model.
-        self.ddp = (
-            DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-            if self.dist.enabled
-            else None
-        )
-        trained = self.ddp or self.model
-        self.forward = torch.compile(trained) if tc.compile else trained
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if tc.dtype == "bfloat16"
-            else contextlib.nullcontext()
-        )
+        # The last state recorded in full (see _commit): what an interrupt keeps.
+        self._committed_updates = 0
+        self._committed_rng = _capture_rng(self.batch_gen)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -147,7 +177,7 @@ class Trainer:
         ckpt = read_checkpoint(path, with_trainer=True)
         load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
-            load_optimizer_state(self.optimizer, ckpt["optimizer"], str(path))
+            load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
         _restore_rng(ckpt["rng"], self.batch_gen)
         state = ckpt["state"]
         self.step = state["step"]
@@ -155,9 +185,8 @@ class Trainer:
         self.elapsed = state.get("elapsed", 0.0)
         self.tokens_seen = state.get("tokens_seen", 0)
 
-    def save(self, rng: dict[str, torch.Tensor], best: bool = False) -> None:
-        if not self.dist.is_main:
-            return
+    @rank_zero_only
+    def _save(self, rng: dict[str, torch.Tensor], best: bool = False) -> None:
         state = {
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
             "elapsed": self.elapsed,
@@ -167,11 +196,15 @@ class Trainer:
             self.run.path / "checkpoints",
             self.step,
             self.model,
-            self.optimizer,
+            self.train_step.optimizer,
             rng,
             state,
             best=best,
         )
+
+    def _latest_checkpoint_step(self) -> int | None:
+        latest = read_index(self.run.path / "checkpoints").get("latest")
+        return int(latest.split("-")[1]) if latest else None
 
     # -- evaluation ----------------------------------------------------------------------
 
@@ -186,10 +219,8 @@ class Trainer:
         self.model.eval()
         losses = []
         for _ in range(tc.eval_iters):
-            x, y = get_batch(self.data.val, tc.batch_size * self.dist.world_size, T, gen)
-            x, y = self.dist.shard(x), self.dist.shard(y)
-            with self.autocast:
-                losses.append(self.forward(x.to(self.device), y.to(self.device)).item())
+            x, y = draw_batch(self.data.val, tc.batch_size, T, gen, self.dist)
+            losses.append(self.train_step.loss(x, y).item())
         self.model.train()
         loss = self.dist.mean(sum(losses) / len(losses))
         self.last_eval_step = self.step
@@ -209,124 +240,172 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> Run:
         """Train up to train.max_steps, or only up to step `stop_after` with the same LR schedule."""
-        tc, T = self.config.train, self.config.model.block_size
+        tc = self.config.train
         stop = tc.max_steps if stop_after is None else min(tc.max_steps, stop_after)
-        model, opt, world = self.model, self.optimizer, self.dist.world_size
-        tokens_per_step = tc.batch_size * world * tc.grad_accum * T
-        interactive = sys.stderr.isatty() and self.dist.is_main
-        bar = tqdm(
-            total=tc.max_steps, initial=self.step, disable=not interactive, dynamic_ncols=True
-        )
-        rng_at_step_start = _capture_rng(self.batch_gen)
-        updating = False  # between the optimizer step and the end of its bookkeeping
-        model.train()
+        self.progress = Progress(tc.max_steps, self.step, self.log, self.dist.is_main)
         try:
-            if self.dist.is_main:
-                self._record_start()  # includes the estimate's calibration: before the clocks start
-            self.last_eval_step = self.dist.from_main(self._last_eval_step)
-            deadline = (
-                time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
-            )
-            last_log_time, last_log_step = time.monotonic(), self.step
-            while self.step < stop:
-                # Ranks agree on the time budget (their clocks differ) so that all stop together.
-                if deadline is not None and self.dist.any(time.monotonic() >= deadline):
-                    self.log(f"time budget of {tc.max_minutes:g} min reached at step {self.step}")
-                    break
-                step_start = time.monotonic()
-                rng_at_step_start = _capture_rng(self.batch_gen)
-                lr = lr_at(self.step, tc)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss_sum = 0.0
-                for micro in range(tc.grad_accum):
-                    # Every rank draws the same global batch and keeps its own rows of it.
-                    x, y = get_batch(self.data.train, tc.batch_size * world, T, self.batch_gen)
-                    x, y = self.dist.shard(x), self.dist.shard(y)
-                    # Gradients are all-reduced on the last micro-step only; earlier ones accumulate.
-                    skip_sync = self.ddp is not None and micro < tc.grad_accum - 1
-                    with self.ddp.no_sync() if skip_sync else contextlib.nullcontext():
-                        with self.autocast:
-                            loss = self.forward(x.to(self.device), y.to(self.device))
-                            loss = loss / tc.grad_accum
-                        loss.backward()
-                    loss_sum += loss.item()
-                loss_sum = self.dist.mean(loss_sum)  # the same value on every rank
-                if not math.isfinite(loss_sum):
-                    raise ShoshinError(
-                        f"training loss became {loss_sum} at step {self.step + 1}; stopped "
-                        "(the last good checkpoint is kept); try a lower train.lr or train.grad_clip=1"
-                    )
-                if tc.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                updating = True
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += tokens_per_step
-                self.elapsed += time.monotonic() - step_start
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
-
-                row: dict[str, float] = {}
-                last = self.step == tc.max_steps
-                if self.step % tc.log_interval == 0 or last:
-                    now = time.monotonic()
-                    tok_s = (
-                        (self.step - last_log_step)
-                        * tokens_per_step
-                        / max(now - last_log_time, 1e-9)
-                    )
-                    last_log_time, last_log_step = now, self.step
-                    row.update(train_loss=loss_sum, lr=lr, tokens_per_sec=tok_s)
-                evaluated = (tc.eval_interval and self.step % tc.eval_interval == 0) or last
-                improved = False
-                if evaluated:
-                    eval_start = time.monotonic()
-                    row.update(self.evaluate())
-                    last_log_time += time.monotonic() - eval_start  # keep eval time out of tokens/s
-                    improved = row["val_loss"] < self.best_val
-                    self.best_val = min(self.best_val, row["val_loss"])
-                if row and self.dist.is_main:
-                    self.run.append_metrics(
-                        {"step": self.step, **row, "elapsed": round(self.elapsed, 3)}
-                    )
-                    self._report(row, bar, interactive)
-                checkpoint_due = tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0
-                if checkpoint_due or improved or last:
-                    self.save(_capture_rng(self.batch_gen), best=improved)
-                updating = False
-            self._close_out(bar, interactive)
+            self._start()
+            while self.step < stop and not self._out_of_time():
+                loss, lr = self._take_step()
+                row = self._training_row(loss, lr)
+                improved = self._evaluate_if_due(row)
+                self._write_row(row)
+                self._checkpoint_if_due(improved)
+                self._commit()
+            self._close_out()
         except KeyboardInterrupt:
-            bar.close()
-            if updating:
-                # Interrupted while the weights changed or the step was being evaluated and logged:
-                # this step is incomplete, so the last checkpoint stands and resume redoes from it.
-                latest = read_index(self.run.path / "checkpoints").get("latest")
-                self.step = int(latest.split("-")[1]) if latest else 0
-            else:
-                # Interrupted before the step changed anything: save the state from before it began.
-                self.save(rng_at_step_start)
-            self._finish("interrupted")
-            self.log(
-                f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"
-            )
+            self._keep_after_interrupt()
             raise
         except BaseException as exc:
-            bar.close()
-            self._finish("failed", error=f"{type(exc).__name__}: {exc}", tb=traceback.format_exc())
+            self._finish("failed", exc)
             raise
-        bar.close()
+        finally:
+            self.progress.close()
         self._finish("completed")
         return self.run
 
+    def _start(self) -> None:
+        """Record the start, save the starting state of a new run, agree on where the last
+        evaluation was, and start the clocks."""
+        tc = self.config.train
+        self.model.train()
+        self._record_start()  # includes the estimate's calibration: before the clocks start
+        if self._latest_checkpoint_step() is None:
+            # A run always has a checkpoint to go back to: Ctrl-C in the middle of a step before
+            # the first periodic checkpoint (or a SIGKILL then) resumes from the start, exactly.
+            self._save(_capture_rng(self.batch_gen))
+        self.last_eval_step = self.dist.from_main(self._last_eval_step)
+        self._deadline = (
+            time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
+        )
+        self._log_clock = (time.monotonic(), self.step)  # throughput since the last logged row
+        self._commit()
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent. Ranks agree (their clocks differ) to stop together."""
+        if self._deadline is None or not self.dist.any(time.monotonic() >= self._deadline):
+            return False
+        self.log(
+            f"time budget of {self.config.train.max_minutes:g} min reached at step {self.step}"
+        )
+        return True
+
+    def _take_step(self) -> tuple[float, float]:
+        """One optimizer step, and the guard against a non-finite loss."""
+        started = time.monotonic()
+        loss, lr = self.train_step(self.step)
+        if not math.isfinite(loss):
+            raise ShoshinError(
+                f"training loss became {loss} at step {self.step + 1}; stopped "
+                "(the last good checkpoint is kept); try a lower train.lr or train.grad_clip=1"
+            )
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        self.elapsed += time.monotonic() - started
+        self.progress.advance(loss)
+        return loss, lr
+
+    def _training_row(self, loss: float, lr: float) -> dict[str, float]:
+        """Training loss, learning rate and throughput, every log_interval steps and at the end."""
+        tc = self.config.train
+        if self.step % tc.log_interval and self.step != tc.max_steps:
+            return {}
+        now = time.monotonic()
+        since, at = self._log_clock
+        self._log_clock = (now, self.step)
+        tokens_per_sec = (self.step - at) * self.tokens_per_step / max(now - since, 1e-9)
+        return {"train_loss": loss, "lr": lr, "tokens_per_sec": tokens_per_sec}
+
+    def _evaluate_if_due(self, row: dict[str, float]) -> bool:
+        """Evaluate every eval_interval steps and at the end, into `row`; True if val improved."""
+        tc = self.config.train
+        due = tc.eval_interval and self.step % tc.eval_interval == 0
+        if not due and self.step != tc.max_steps:
+            return False
+        started = time.monotonic()
+        improved = self._evaluate_into(row)
+        since, at = self._log_clock
+        self._log_clock = (since + time.monotonic() - started, at)  # keep evaluation out of tok/s
+        return improved
+
+    def _evaluate_into(self, row: dict[str, float]) -> bool:
+        row.update(self.evaluate())
+        improved = row["val_loss"] < self.best_val
+        self.best_val = min(self.best_val, row["val_loss"])
+        return improved
+
+    @rank_zero_only
+    def _write_row(self, row: dict[str, float]) -> None:
+        if row:
+            self.run.append_metrics({"step": self.step, **row, "elapsed": round(self.elapsed, 3)})
+            self.progress.report(self.step, row, self.elapsed)
+
+    def _checkpoint_if_due(self, improved: bool) -> None:
+        tc = self.config.train
+        due = tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0
+        if due or improved or self.step == tc.max_steps:
+            self._save(_capture_rng(self.batch_gen), best=improved)
+
+    def _commit(self) -> None:
+        """This step is complete and recorded: an interrupt from here on keeps it."""
+        self._committed_updates = self.train_step.updates
+        self._committed_rng = _capture_rng(self.batch_gen)
+
+    def _close_out(self) -> None:
+        """After the loop: the end state evaluated and checkpointed (also after a stop by time
+        budget), then the held-out documents scored (shoshin.evaluation)."""
+        row: dict[str, float] = {}
+        improved = self.last_eval_step != self.step and self._evaluate_into(row)
+        self._write_row(row)
+        if improved or self._latest_checkpoint_step() != self.step:
+            self._save(_capture_rng(self.batch_gen), best=improved)
+        self._score_heldout()
+
+    @rank_zero_only
+    def _score_heldout(self) -> None:
+        heldout_at_end_of_training(self.model, self.data, self.run, self.log)
+
+    def _keep_after_interrupt(self) -> None:
+        """Ctrl-C: leave a checkpoint that resume continues from exactly.
+
+        Before the interrupted step touched the weights, the state it started from is saved.
+        Once it had (the optimizer step, or the evaluation and records after it), the step is
+        incomplete: the last checkpoint stands and resume redoes the steps after it.
+        """
+        if self.train_step.updates == self._committed_updates:
+            if self._latest_checkpoint_step() != self.step:
+                self._save(self._committed_rng)
+        else:
+            self.step = self._latest_checkpoint_step() or 0
+        self._finish("interrupted")
+        self.log(
+            f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"
+        )
+
+    # -- the record ----------------------------------------------------------------------
+
+    @rank_zero_only
+    def _record(self, **fields: Any) -> None:
+        self.run.update_manifest(**fields)
+
+    @rank_zero_only
     def _record_start(self) -> None:
-        """Rank 0, as the loop starts: what is being trained, where, on what data, at what cost."""
-        if "estimate" not in self.run.manifest:  # a resumed run keeps the estimate of its start
-            est = estimate(self.config, self.data, self.device, model_resident=True, log=self.log)
-            self.run.update_manifest(estimate=est.to_dict())
+        """What is being trained, where, on what data, at what cost; then the tokenizer and mirror."""
+        tc = self.config.train
+        est = self.run.manifest.estimate  # a resumed run keeps the estimate of its start
+        if est is None:
+            steps = CALIBRATION_STEPS if tc.calibrate else 0
+            est = estimate(
+                self.config,
+                self.data,
+                self.device,
+                calibration_steps=steps,
+                model_resident=True,
+                log=self.log,
+            )
         self.run.update_manifest(
             status="running",
+            estimate=est,
             params=count_parameters(self.model),
             arch=self.config.model.arch,
             device=str(self.device),
@@ -348,68 +427,43 @@ class Trainer:
             (r["step"] for r in rows if "val_loss" in r and r["step"] <= self.step), default=-1
         )
 
-    def _close_out(self, bar: tqdm, interactive: bool) -> None:
-        """At the end: make sure the end state is evaluated and checkpointed (also after a stop by
-        time budget), then score the held-out documents (shoshin.evaluation)."""
-        improved = False
-        if self.last_eval_step != self.step:
-            row = self.evaluate()
-            improved = row["val_loss"] < self.best_val
-            self.best_val = min(self.best_val, row["val_loss"])
-            if self.dist.is_main:
-                self.run.append_metrics(
-                    {"step": self.step, **row, "elapsed": round(self.elapsed, 3)}
-                )
-                self._report(row, bar, interactive)
-        if not self.dist.is_main:
-            return
-        index = read_index(self.run.path / "checkpoints")
-        if improved or index.get("latest") != f"step-{self.step:07d}":
-            self.save(_capture_rng(self.batch_gen), best=improved)
-        heldout_at_end_of_training(self.model, self.data, self.run, self.log)
-
-    def _report(self, row: dict[str, float], bar: tqdm, interactive: bool) -> None:
-        tc = self.config.train
-        parts = [f"step {self.step}/{tc.max_steps}"]
-        if "train_loss" in row:
-            parts.append(f"loss {row['train_loss']:.4f}")
-        if "val_loss" in row:
-            parts.append(f"val {row['val_loss']:.4f}")
-        if "lr" in row:
-            parts.append(f"lr {row['lr']:.2e}")
-        if "tokens_per_sec" in row:
-            parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
-            remaining = (tc.max_steps - self.step) * self.elapsed / max(self.step, 1)
-            parts.append(f"eta {remaining / 60:.1f} min")
-        line = " | ".join(parts)
-        if interactive:
-            if "val_loss" in row:
-                bar.write(line)
-        else:
-            self.log(line)
-
-    def _finish(self, status: str, error: str | None = None, tb: str | None = None) -> None:
-        if not self.dist.is_main:
-            return
-        metrics = self.run.metrics()
-        vals = [r["val_loss"] for r in metrics if "val_loss" in r]
-        fields = {
-            "status": status,
-            "end_time": now_iso(),
-            "steps": self.step,
-            "elapsed_seconds": round(self.elapsed, 2),
-            "tokens_seen": self.tokens_seen,
-            "peak_rss_bytes": peak_resident_bytes(),
-            "best_val_loss": min(vals) if vals else None,
-            "final_val_loss": vals[-1] if vals else None,
-            "error": error,
-        }
-        if tb:
-            (self.run.path / "traceback.txt").write_text(tb)
-            fields["traceback"] = "traceback.txt"
-        self.run.update_manifest(**fields)
+    @rank_zero_only
+    def _finish(self, status: str, exc: BaseException | None = None) -> None:
+        vals = [r["val_loss"] for r in self.run.metrics() if "val_loss" in r]
+        self.run.finish(
+            status,
+            exc,
+            steps=self.step,
+            elapsed_seconds=round(self.elapsed, 2),
+            tokens_seen=self.tokens_seen,
+            peak_rss_bytes=peak_resident_bytes(),
+            best_val_loss=min(vals) if vals else None,
+            final_val_loss=vals[-1] if vals else None,
+        )
         if self.run.mirror is not None:
             self.run.mirror.finish(status)
+
+    @rank_zero_only
+    def record_resume(self) -> None:
+        """Note in the manifest that the run continues, from which step, with which code."""
+        self.log(f"resuming run {self.run.id} at step {self.step}")
+        # The code may have changed since the run started: record what resumes it.
+        resume = Resume(self.step, now_iso(), code_fingerprint().shoshin_source)
+        self.run.update_manifest(resumed=[*self.run.manifest.resumed, resume])
+
+    @rank_zero_only
+    def final_sample(self) -> None:
+        """Write and print train.sample_tokens tokens of the trained model (samples/step-N.txt)."""
+        tc = self.config.train
+        if tc.sample_tokens <= 0:
+            return
+        text = self.sample_text(tc.sample_tokens, tc.sample_prompt, seed=tc.seed)
+        (self.run.path / "samples").mkdir(exist_ok=True)
+        path = self.run.path / "samples" / f"step-{self.step:07d}.txt"
+        path.write_text(text)
+        if self.run.mirror is not None:
+            self.run.mirror.log_artifact(path, "samples")
+        self.log("sample:\n" + text)
 
     def sample_text(self, max_new_tokens: int, prompt: str = "", seed: int = 0) -> str:
         """A short sample from the current model, as a chat reply when the run is a chat model."""
@@ -436,27 +490,21 @@ def train(
     `stop_after` ends training at that step with the schedule of the full run (see `reproduce`);
     `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run.
     """
-    ctx = init_distributed(pick_device(config.train.device))
-    run = ctx.from_main(lambda: create_run(config, runs_dir, command, manifest))
-    if ctx.is_main:
-        procs = f" ({ctx.world_size} processes)" if ctx.enabled else ""
+    dist = init_distributed(pick_device(config.train.device))
+    run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
+    if dist.is_main:
+        procs = f" ({dist.world_size} processes)" if dist.enabled else ""
         log(f"run {run.id} -> {run.path}{procs}")
     try:
         trainer = Trainer(config, run, log=log, init=init)
     except BaseException as exc:
-        if ctx.is_main:
-            (run.path / "traceback.txt").write_text(traceback.format_exc())
-            run.update_manifest(
-                status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                end_time=now_iso(),
-                error=f"{type(exc).__name__}: {exc}",
-                traceback="traceback.txt",
-            )
+        if dist.is_main:  # a run that never started training still says why
+            run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
         raise
-    if ctx.is_main:
+    if dist.is_main:
         save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
     trainer.fit(stop_after)
-    _final_sample(trainer, log)
+    trainer.final_sample()
     return run
 
 
@@ -469,31 +517,7 @@ def resume(run: Run, log=print) -> Run:
     )
     trainer = Trainer(config, run, log=log)
     trainer.load("latest")
-    if trainer.dist.is_main:
-        log(f"resuming run {run.id} at step {trainer.step}")
-        run.update_manifest(
-            resumed=[
-                *run.manifest.get("resumed", []),
-                # The code may have changed since the run started: record what resumes it.
-                {
-                    "step": trainer.step,
-                    "time": now_iso(),
-                    "code_fingerprint": code_fingerprint()["shoshin_source"],
-                },
-            ]
-        )
+    trainer.record_resume()
     trainer.fit()
-    _final_sample(trainer, log)
+    trainer.final_sample()
     return run
-
-
-def _final_sample(trainer: Trainer, log) -> None:
-    tc = trainer.config.train
-    if tc.sample_tokens > 0 and trainer.dist.is_main:
-        text = trainer.sample_text(tc.sample_tokens, tc.sample_prompt, seed=tc.seed)
-        (trainer.run.path / "samples").mkdir(exist_ok=True)
-        path = trainer.run.path / "samples" / f"step-{trainer.step:07d}.txt"
-        path.write_text(text)
-        if trainer.run.mirror is not None:
-            trainer.run.mirror.log_artifact(path, "samples")
-        log("sample:\n" + text)

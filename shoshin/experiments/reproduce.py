@@ -23,7 +23,10 @@ from shoshin.config import Config
 from shoshin.data.sources import load_corpus
 from shoshin.errors import ShoshinError
 from shoshin.runs.provenance import source_files
+from shoshin.runs.record import Manifest, Reproduction
 from shoshin.runs.store import Run
+from shoshin.training.finetune import recorded_base
+from shoshin.training.trainer import train
 
 LOSS_KEYS = ("train_loss", "val_loss")
 
@@ -77,12 +80,12 @@ def compare_histories(
     return Verdict(True, steps, compared, max_delta)
 
 
-def _data_source(config: Config, manifest: dict[str, Any]) -> str:
+def _data_source(config: Config, manifest: Manifest) -> str:
     """The recorded data.source, found relative to the run's working directory if need be."""
     source = config.data.source
     prefix = "hf:" if source.startswith("hf:") else ""  # hf:./folder is a path too
     path = source.removeprefix(prefix)
-    recorded_cwd = manifest.get("cwd")
+    recorded_cwd = manifest.cwd
     if path != "chitchat" and not Path(path).exists() and recorded_cwd:
         candidate = Path(recorded_cwd) / path
         if candidate.exists():
@@ -95,8 +98,9 @@ def fingerprint_differences(run: Run) -> tuple[list[str], list[str]]:
     manifest = run.manifest
     config = run.config
     problems, notes = [], []
-    recorded_files = ((manifest.get("code") or {}).get("fingerprint") or {}).get("files")
-    if recorded_files is None:
+    fingerprint = manifest.code.fingerprint if manifest.code else None
+    recorded_files = fingerprint.files if fingerprint else None
+    if not recorded_files:
         problems.append("code fingerprint: not recorded for this run")
     else:
         current = source_files()
@@ -108,9 +112,9 @@ def fingerprint_differences(run: Run) -> tuple[list[str], list[str]]:
             problems.append(
                 f"code fingerprint: shoshin source files differ: {', '.join(changed[:8])}{more}"
             )
-    data = manifest.get("data") or {}
+    recorded_sha256 = manifest.data.source_sha256 if manifest.data else None
     source = _data_source(config, manifest)
-    if not data.get("source_sha256"):
+    if not recorded_sha256:
         problems.append("data fingerprint: not recorded for this run (it never prepared its data)")
     else:
         try:
@@ -119,21 +123,25 @@ def fingerprint_differences(run: Run) -> tuple[list[str], list[str]]:
         except ShoshinError as exc:
             problems.append(f"data fingerprint: cannot read the data now ({exc})")
         else:
-            if now != data["source_sha256"]:
+            if now != recorded_sha256:
                 problems.append(
                     f"data fingerprint: {source} has changed (source sha256 recorded "
-                    f"{data['source_sha256'][:12]}, now {now[:12]})"
+                    f"{recorded_sha256[:12]}, now {now[:12]})"
                 )
-    env = manifest.get("environment") or {}
-    for key, current in (("torch", torch.__version__), ("python", platform.python_version())):
-        if env.get(key) and env[key] != current:
-            notes.append(f"{key} was {env[key]}, now {current}")
-    if (manifest.get("world_size") or 1) > 1:
+    env = manifest.environment
+    if env is not None:
+        for key, was, current in (
+            ("torch", env.torch, torch.__version__),
+            ("python", env.python, platform.python_version()),
+        ):
+            if was and was != current:
+                notes.append(f"{key} was {was}, now {current}")
+    if manifest.world_size > 1:
         notes.append(
-            f"the run used {manifest['world_size']} processes (torchrun) and this re-run uses "
+            f"the run used {manifest.world_size} processes (torchrun) and this re-run uses "
             "one: its global batch is smaller, so expect the losses to differ"
         )
-    threads = manifest.get("threads")
+    threads = manifest.threads
     if threads and threads != torch.get_num_threads():
         notes.append(f"the run used {threads} threads, this process has {torch.get_num_threads()}")
     return problems, notes
@@ -149,12 +157,9 @@ def reproduce(
     log=print,
 ) -> tuple[Run, Verdict]:
     """Re-run `run` for `steps` steps (default: all it recorded) and compare the loss histories."""
-    from shoshin.training.finetune import recorded_base
-    from shoshin.training.trainer import train
-
     manifest = run.manifest
     recorded = run.metrics()
-    recorded_steps = manifest.get("steps") or max((r["step"] for r in recorded), default=0)
+    recorded_steps = manifest.steps or max((r["step"] for r in recorded), default=0)
     if recorded_steps < 1:
         raise ShoshinError(
             f"run {run.id} recorded no training steps; there is nothing to reproduce"
@@ -181,7 +186,7 @@ def reproduce(
     config = run.config
     config.data.source = _data_source(config, manifest)
     config.train.max_minutes = 0.0  # the step count decides, not the clock
-    threads = manifest.get("threads")
+    threads = manifest.threads
     if threads and threads != torch.get_num_threads() and threads <= (os.cpu_count() or 1):
         torch.set_num_threads(threads)  # same thread count: same float summation order on CPU
         log(f"using {threads} threads, as the original run did")
@@ -189,25 +194,22 @@ def reproduce(
     base = recorded_base(manifest)  # a fine-tuning run starts again from the same checkpoint
     new = train(config, runs_dir, command, log=log, init=base, stop_after=steps, manifest=link)
     verdict = compare_histories(recorded, new.metrics(), steps, tolerance)
-    result = {
-        "of": run.id,
-        "reproduced": verdict.ok,
-        "steps": steps,
-        "max_abs_delta": verdict.max_delta,
-        "diverged_at": verdict.diverged_at,
-        "forced": bool(problems),
-    }
-    new.update_manifest(reproduction=result)
-    run.update_manifest(
-        reproductions=[*run.manifest.get("reproductions", []), {"run": new.id, **result}]
+    result = Reproduction(
+        reproduced=verdict.ok,
+        steps=steps,
+        max_abs_delta=verdict.max_delta,
+        of=run.id,
+        run=new.id,
+        diverged_at=verdict.diverged_at,
+        forced=bool(problems),
     )
+    new.update_manifest(reproduction=result)
+    run.update_manifest(reproductions=[*run.manifest.reproductions, result])
     return new, verdict
 
 
 def probe(config: Config, steps: int = 20, log=print) -> Verdict:
     """Two short runs of `config` with the same seed, compared bitwise: is this setup deterministic?"""
-    from shoshin.training.trainer import train
-
     config = copy.deepcopy(config)
     tc = config.train
     tc.max_steps = min(tc.max_steps, steps)

@@ -15,18 +15,24 @@ and a cell that never got going starts afresh.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from shoshin.config import load_config
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from shoshin.runs.store import Run, all_runs
+from shoshin.runs.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from shoshin.runs.record import Manifest, MatrixCell
+from shoshin.runs.report import pyplot
+from shoshin.runs.store import Run, readable_runs
 from shoshin.training.checkpoint import read_index
+from shoshin.training.trainer import resume, train
 
 STATE = "matrix.json"
 
@@ -61,14 +67,20 @@ class MatrixSpec:
         return [f"data.source={dataset}", *budget, "train.sample_tokens=0", *self.overrides]
 
 
+@dataclass
+class MatrixState:
+    """OUT/matrix.json: the matrix's id and its spec, with every architecture and dataset so far."""
+
+    id: str
+    spec: MatrixSpec
+
+
 def cell_key(arch: str, dataset: str) -> str:
     return f"{arch} x {dataset}"
 
 
 def run_matrix(spec: MatrixSpec, out: Path, runs_dir: Path, log=print) -> list[dict[str, Any]]:
     """Train every missing cell (resuming interrupted ones), then write the leaderboard and heatmap."""
-    from shoshin.training.trainer import resume, train
-
     spec.validate()
     configs = {  # load every config first: a typo fails now, not after an hour of training
         (arch, data): load_config(arch, spec.cell_overrides(data))
@@ -78,11 +90,12 @@ def run_matrix(spec: MatrixSpec, out: Path, runs_dir: Path, log=print) -> list[d
     matrix_id = _open_state(spec, Path(out))
     for i, ((arch, data), config) in enumerate(configs.items(), start=1):
         key = cell_key(arch, data)
-        run = _cell_run(runs_dir, matrix_id, key)
+        found = _cell_run(runs_dir, matrix_id, key)
         where = f"[{i}/{len(configs)}] {key}"
-        if run is not None and run.manifest.get("status") == "completed":
-            log(f"{where}: done already (run {run.id})")
+        if found is not None and found[1].status == "completed":
+            log(f"{where}: done already (run {found[0].id})")
             continue
+        run = found[0] if found else None
         if run is not None and read_index(run.path / "checkpoints").get("latest"):
             log(f"{where}: resuming run {run.id}")
             resume(run, log=log)
@@ -94,7 +107,7 @@ def run_matrix(spec: MatrixSpec, out: Path, runs_dir: Path, log=print) -> list[d
             runs_dir,
             command=command,
             log=log,
-            manifest={"matrix": {"id": matrix_id, "cell": key, "arch": arch, "data": data}},
+            manifest={"matrix": MatrixCell(matrix_id, key, arch, data)},
         )
     cells = [
         _cell_result(arch, data, _cell_run(runs_dir, matrix_id, cell_key(arch, data)))
@@ -115,65 +128,59 @@ def _open_state(spec: MatrixSpec, out: Path) -> str:
     path = out / STATE
     if path.exists():
         try:
-            state = read_json(path)
-        except ValueError:
+            state = pydantic.TypeAdapter(MatrixState).validate_json(path.read_bytes())
+        except (OSError, pydantic.ValidationError):
             raise ShoshinError(f"{path} is corrupt; remove it to start the matrix afresh") from None
-        old = state["spec"]
-        if (old["steps"], old["minutes"], old["overrides"]) != (
-            spec.steps,
-            spec.minutes,
-            spec.overrides,
-        ):
+        old = state.spec
+        if (old.steps, old.minutes, old.overrides) != (spec.steps, spec.minutes, spec.overrides):
             raise ShoshinError(
                 f"the matrix in {out} was run with a different budget or overrides "
-                f"(steps={old['steps']}, minutes={old['minutes']}, overrides={old['overrides']}); "
+                f"(steps={old.steps}, minutes={old.minutes}, overrides={old.overrides}); "
                 "use another --out"
             )
-        archs = old["archs"] + [a for a in spec.archs if a not in old["archs"]]
-        datasets = old["datasets"] + [d for d in spec.datasets if d not in old["datasets"]]
-        matrix_id = state["id"]
+        archs = old.archs + [a for a in spec.archs if a not in old.archs]
+        datasets = old.datasets + [d for d in spec.datasets if d not in old.datasets]
+        matrix_id = state.id
     else:
         archs, datasets, matrix_id = spec.archs, spec.datasets, secrets.token_hex(4)
-    atomic_write_json(
-        path, {"id": matrix_id, "spec": {**asdict(spec), "archs": archs, "datasets": datasets}}
-    )
+    grown = dataclasses.replace(spec, archs=archs, datasets=datasets)
+    atomic_write_json(path, dataclasses.asdict(MatrixState(matrix_id, grown)))
     return matrix_id
 
 
-def _cell_run(runs_dir: Path, matrix_id: str, key: str) -> Run | None:
-    """The run of one cell: a completed one if any, else the latest attempt."""
+def _cell_run(runs_dir: Path, matrix_id: str, key: str) -> tuple[Run, Manifest] | None:
+    """The run of one cell and its manifest: a completed one if any, else the latest attempt."""
     runs = [
-        r
-        for r in all_runs(runs_dir)
-        if (r.manifest.get("matrix") or {}).get("id") == matrix_id
-        and r.manifest["matrix"].get("cell") == key
+        (run, m)
+        for run, m in readable_runs(runs_dir)
+        if m.matrix is not None and (m.matrix.id, m.matrix.cell) == (matrix_id, key)
     ]
-    completed = [r for r in runs if r.manifest.get("status") == "completed"]
+    completed = [(run, m) for run, m in runs if m.status == "completed"]
     return (completed or runs or [None])[-1]
 
 
-def _cell_result(arch: str, data: str, run: Run | None) -> dict[str, Any]:
+def _cell_result(arch: str, data: str, found: tuple[Run, Manifest] | None) -> dict[str, Any]:
     """One leaderboard row from a cell's run."""
-    if run is None:
+    if found is None:
         raise ShoshinError(f"cell {cell_key(arch, data)} has no run; run the matrix again")
     from shoshin.evaluation.record import eval_metrics
 
-    m = run.manifest
+    run, m = found
     evals = [r for r in run.metrics() if "val_loss" in r]
     last = evals[-1] if evals else {}
     unit = next((k[len("val_bits_per_") :] for k in last if k.startswith("val_bits_per_")), None)
-    elapsed = m.get("elapsed_seconds") or 0
+    elapsed = m.elapsed_seconds or 0
     return {
         "arch": arch,
         "data": data,
         "run": run.id,
-        "status": m.get("status"),
-        "params": m.get("params"),
-        "steps": m.get("steps"),
-        "val_loss": m.get("final_val_loss"),
+        "status": m.status,
+        "params": m.params,
+        "steps": m.steps,
+        "val_loss": m.final_val_loss,
         "bits_per_unit": last.get(f"val_bits_per_{unit}") if unit else None,
         "unit": unit,  # char (char tokenizer) or byte (BPE)
-        "tokens_per_sec": m.get("tokens_seen", 0) / elapsed if elapsed else None,
+        "tokens_per_sec": m.tokens_seen / elapsed if elapsed else None,
         "train_seconds": elapsed,
         "eval": eval_metrics(run.path, headline=True),  # end of training and later shoshin eval
     }
@@ -238,8 +245,6 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
 
 
 def _heatmap_png(cells: list[dict[str, Any]], spec: MatrixSpec) -> bytes:
-    from shoshin.training.lr_find import pyplot
-
     plt = pyplot()
     grid = {(c["arch"], c["data"]): c["bits_per_unit"] for c in cells}
     values = [[grid[a, d] if grid[a, d] is not None else math.nan for d in spec.datasets]

@@ -19,36 +19,24 @@ from __future__ import annotations
 import io
 import math
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from shoshin.config import Config, save_config
-from shoshin.data.dataset import check_fits, get_batch, prepare_data
+from shoshin.data.dataset import check_fits, prepare_data
+from shoshin.errors import ShoshinError
 from shoshin.models import build_model, count_parameters
 from shoshin.runs.files import atomic_write_bytes
-from shoshin.runs.store import Run, create_run, now_iso
-from shoshin.training.optim import make_optimizer
+from shoshin.runs.record import DataRecord, LrFindRecord
+from shoshin.runs.report import pyplot
+from shoshin.runs.store import Run, create_run
+from shoshin.training.distributed import DistContext, pick_device
+from shoshin.training.step import TrainStep
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
 PLOT = "lr_find.png"
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or a ShoshinError saying how to get it."""
-    from shoshin.errors import ShoshinError
-
-    try:
-        import matplotlib
-    except ImportError:
-        raise ShoshinError("plots need matplotlib: pip install 'shoshin[plot]'") from None
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @dataclass
@@ -108,9 +96,6 @@ def lr_find(
     log=print,
 ) -> LrFindResult:
     """Run the range test for `config` (model, data, batch size, optimizer settings) as a run."""
-    from shoshin.errors import ShoshinError
-    from shoshin.training.trainer import pick_device
-
     if not 0 < start_lr < end_lr:
         raise ShoshinError(f"need 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
     if steps < 10:
@@ -127,16 +112,18 @@ def lr_find(
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
-    optimizer = make_optimizer(model, tc, device.type)
-    gen = torch.Generator().manual_seed(tc.seed)
     lrs = lr_range(start_lr, end_lr, steps)
+    gen = torch.Generator().manual_seed(tc.seed)
+    train_step = TrainStep(
+        model, tc, T, data.train, gen, schedule=lrs.__getitem__, dist=DistContext(device=device)
+    )
     beta = smoothing_for(steps)
     run.update_manifest(
         kind="lr-find",
         arch=config.model.arch,
         params=count_parameters(model),
         device=str(device),
-        data={"source": config.data.source, "fingerprint": data.fingerprint},
+        data=DataRecord(source=config.data.source, fingerprint=data.fingerprint),
     )
     losses: list[float] = []
     smoothed: list[float] = []
@@ -144,29 +131,18 @@ def lr_find(
     started = time.monotonic()
     try:
         model.train()
-        for step, lr in enumerate(lrs, start=1):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(tc.grad_accum):
-                x, y = get_batch(data.train, tc.batch_size, T, gen)
-                loss = model(x.to(device), y.to(device)) / tc.grad_accum
-                loss.backward()
-                loss_sum += loss.item()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss_sum):
+        for step in range(steps):
+            loss, lr = train_step(step)
+            if not math.isfinite(loss):
                 diverged = True
                 break
-            losses.append(loss_sum)
+            losses.append(loss)
             smoothed = smooth(losses, beta)
             run.append_metrics(
-                {"step": step, "lr": lr, "train_loss": loss_sum, "smoothed_loss": smoothed[-1]}
+                {"step": step + 1, "lr": lr, "train_loss": loss, "smoothed_loss": smoothed[-1]}
             )
-            if step % 25 == 0:
-                log(f"step {step}/{steps} | lr {lr:.2e} | loss {smoothed[-1]:.4f}")
+            if (step + 1) % 25 == 0:
+                log(f"step {step + 1}/{steps} | lr {lr:.2e} | loss {smoothed[-1]:.4f}")
             if smoothed[-1] > DIVERGENCE_FACTOR * min(smoothed):
                 diverged = True
                 break
@@ -179,31 +155,25 @@ def lr_find(
         plot = run.path / PLOT
         atomic_write_bytes(plot, _plot_png(lrs[: len(losses)], losses, smoothed, suggested))
     except BaseException as exc:
-        run.update_manifest(
-            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-            end_time=now_iso(),
-            steps=len(losses),
-            error=f"{type(exc).__name__}: {exc}",
-        )
-        (run.path / "traceback.txt").write_text(traceback.format_exc())
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        run.finish(status, exc, steps=len(losses))
         raise
-    run.update_manifest(
-        status="completed",
-        end_time=now_iso(),
+    run.finish(
+        "completed",
         steps=len(losses),
         elapsed_seconds=round(time.monotonic() - started, 2),
-        lr_find={
-            "start_lr": start_lr,
-            "end_lr": end_lr,
-            "planned_steps": steps,
-            "diverged_at_lr": lrs[len(losses)] if diverged and len(losses) < steps else None,
-            "suggested_lr": suggested,
-            "rule": rule,
-            "steepest_lr": steepest,
-            "min_smoothed_loss": min(smoothed),
-            "smoothing": beta,
-            "plot": PLOT,
-        },
+        lr_find=LrFindRecord(
+            start_lr=start_lr,
+            end_lr=end_lr,
+            planned_steps=steps,
+            diverged_at_lr=lrs[len(losses)] if diverged and len(losses) < steps else None,
+            suggested_lr=suggested,
+            rule=rule,
+            steepest_lr=steepest,
+            min_smoothed_loss=min(smoothed),
+            smoothing=beta,
+            plot=PLOT,
+        ),
     )
     stop = "diverged" if diverged else "reached --end-lr"
     log(f"{stop} after {len(losses)} steps; steepest descent at lr {steepest:.2e}")

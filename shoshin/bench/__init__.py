@@ -1,1 +1,0 @@
-"""Benchmarks run from the command line (`shoshin bench ...`): comparisons made of ordinary runs."""

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
+from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
@@ -235,6 +236,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # an invalid byte typed or piped in becomes U+FFFD
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
     name = source.id if isinstance(source, Run) else source
@@ -517,9 +520,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
-    p.add_argument("--prompt", default="", help="text to continue (a user message for chat models)")
     p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)"
+        "--prompt",
+        default="",
+        type=clean_text,
+        help="text to continue (a user message for chat models)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        type=clean_text,
+        metavar="TEXT",
+        help="stop before TEXT (repeatable)",
     )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
     p.set_defaults(func=cmd_sample, max_new_tokens=200, temperature=0.8)
@@ -529,7 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
     p.add_argument(
-        "--system", default=None, help="a system prompt, kept however long the chat gets"
+        "--system",
+        default=None,
+        type=clean_text,
+        help="a system prompt, kept however long the chat gets",
     )
     p.set_defaults(func=cmd_chat, max_new_tokens=256, temperature=0.8)
 

@@ -36,13 +36,15 @@ from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
-from shoshin.runs.store import Run, create_run, now_iso
+from shoshin.runs.store import CONFIG, Run, create_run, now_iso
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
+    load_optimizer_state,
     read_checkpoint,
     read_index,
     save_checkpoint,
+    verify_checkpoint,
 )
 from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
@@ -176,7 +178,7 @@ class Trainer:
         ckpt = read_checkpoint(path, with_trainer=True)
         load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
-            self.train_step.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
         _restore_rng(ckpt["rng"], self.batch_gen)
         state = ckpt["state"]
         self.step = state["step"]
@@ -514,7 +516,12 @@ def train(
 
 def resume(run: Run, log=print) -> Run:
     """Continue `run` from its latest checkpoint, exactly where it stopped."""
-    trainer = Trainer(run.config, run, log=log)
+    config = run.config
+    # A damaged or hostile checkpoint is refused before data and a model are built to resume into.
+    verify_checkpoint(
+        checkpoint_path(run.path / "checkpoints"), config.model, str(run.path / CONFIG)
+    )
+    trainer = Trainer(config, run, log=log)
     trainer.load("latest")
     trainer.record_resume()
     trainer.fit()

@@ -7,6 +7,7 @@ bits per UTF-8 byte (comparable across vocabularies). Target: val loss <= 3.65 w
 budget, about 6 minutes of training on an idle 2-core CPU.
 
     python benchmarks/demo.py [key=value ...]      # ~7 minutes on an idle 2-core CPU
+    python benchmarks/demo.py --run RUN_DIR        # score a finished run of the demo preset
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from shoshin.data.dataset import eval_batches, prepare_data
 from shoshin.loading import load
 from shoshin.models.loss import IGNORE_INDEX
-from shoshin.runs.store import latest_run
+from shoshin.runs.store import Run, latest_run
 
 TARGET_VAL_LOSS = 3.65
 BUDGET_MINUTES = 6.0  # the quickstart's training time on an idle 2-core CPU (README)
@@ -43,14 +44,21 @@ def whole_split_loss(model, split, batch_size: int, block_size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides")
+    parser.add_argument("--run", type=Path, help="score this finished run instead of training")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(tmp) / "runs"
-        command = [sys.executable, "-m", "shoshin", "train", "demo", *args.overrides]
-        start = time.perf_counter()
-        subprocess.run([*command, "--runs-dir", str(runs)], check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        run = latest_run(runs)
+        wall = None
+        if args.run:
+            run = Run(args.run)
+        else:
+            runs = Path(tmp) / "runs"
+            command = [sys.executable, "-m", "shoshin", "train", "demo", *args.overrides]
+            start = time.perf_counter()
+            subprocess.run(
+                [*command, "--runs-dir", str(runs)], check=True, stdout=subprocess.DEVNULL
+            )
+            wall = time.perf_counter() - start
+            run = latest_run(runs)
         manifest, config = run.manifest, run.config
         model, _ = load(run.path)
     model.eval()
@@ -65,7 +73,10 @@ def main() -> None:
         f"(batch {config.train.batch_size}), {torch.get_num_threads()} threads"
     )
     print(f"training {train_s / 60:.1f} min, {manifest.tokens_seen / train_s:,.0f} tokens/s")
-    print(f"whole command {wall / 60:.1f} min (budget: about {BUDGET_MINUTES:g} min of training)")
+    if wall is not None:
+        print(
+            f"whole command {wall / 60:.1f} min (budget: about {BUDGET_MINUTES:g} min of training)"
+        )
     print(
         f"val loss while training (its {config.train.eval_iters} batches): "
         f"{manifest.final_val_loss:.4f}"

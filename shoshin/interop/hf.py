@@ -357,3 +357,29 @@ def load_checkpoint(src: str | Path) -> Pretrained:
         weights_file=weights_file.name,
         weights_sha256=sha256_file(weights_file),
     )
+
+
+def load_recorded_base(source: str, path: str, weights_sha256: str, what: str) -> Pretrained:
+    """The checkpoint that `what` (a run, or a LoRA checkpoint) was fine-tuned from, as recorded.
+
+    It is read from the recorded folder if that is still there, else from its source (a hub id
+    is found in the HF cache). Weights whose sha256 differs from the recorded one are refused
+    in one line: another base would not be the same model (a LoRA adapter only means something
+    on top of the exact weights it was trained on).
+    """
+    if not source or not weights_sha256:
+        raise ShoshinError(
+            f"{what} does not record which checkpoint it fine-tuned (source and weights_sha256)"
+        )
+    where = path if path and Path(path).is_dir() else source
+    try:
+        base = load_checkpoint(where)
+    except ShoshinError as exc:
+        raise ShoshinError(f"the base model of {what}, {source}, cannot be loaded: {exc}") from None
+    if base.weights_sha256 != weights_sha256:
+        raise ShoshinError(
+            f"the weights of {source}, the base model of {what}, changed since it was fine-tuned "
+            f"(sha256 {weights_sha256[:12]}..., now {base.weights_sha256[:12]}...)"
+        )
+    base.source = source
+    return base

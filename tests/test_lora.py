@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,7 @@ from shoshin.training.trainer import Trainer
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 LORA = ["lora.rank=8", "lora.alpha=16", "lora.dropout=0.1"]
 
 
@@ -116,7 +119,7 @@ def test_show_prints_the_adapter_and_sample_loads_base_plus_adapter(lora_run):
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_both_exports_give_shoshins_logits(lora_run, tmp_path):
+def test_both_exports_give_shoshins_logits(lora_run, tmp_path, monkeypatch):
     run, _, _ = lora_run
     model, tok = shoshin.load(run.path)
     x = torch.tensor([tok.encode("Hello there! How are you doing today?")])
@@ -128,7 +131,7 @@ def test_both_exports_give_shoshins_logits(lora_run, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, ours, atol=1e-4, rtol=1e-4)
 
-    out = export(str(run.path), tmp_path / "adapter", adapter=True)
+    out = export(str(run.path), tmp_path / "lora", adapter=True)
     assert {p.name for p in (out / "adapter").iterdir()} == {
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -143,6 +146,16 @@ def test_both_exports_give_shoshins_logits(lora_run, tmp_path):
             assert (with_adapter(x).logits - ours).abs().max() > 1e-3
         merged_by_peft = with_adapter.merge_and_unload()
         torch.testing.assert_close(merged_by_peft(x).logits, ours, atol=1e-4, rtol=1e-4)
+
+    # The README's snippet, as written, in the folder the export went to.
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (snippet,) = [b for b in blocks if "PeftModel.from_pretrained" in b]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    with torch.no_grad():
+        logits = namespace["model"].eval()(x).logits
+    torch.testing.assert_close(logits, ours, atol=1e-4, rtol=1e-4)
 
 
 def test_adapter_export_of_a_full_finetune_is_a_one_line_error(tmp_path):

@@ -10,8 +10,13 @@ import torch.nn as nn
 from shoshin.data.tokenizers import Tokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model
-from shoshin.runs.store import Run, all_runs, resolve_run, runs_root
-from shoshin.training.checkpoint import checkpoint_path, load_model_tensors, read_checkpoint
+from shoshin.runs.store import CONFIG, Run, all_runs, resolve_run, runs_root
+from shoshin.training.checkpoint import (
+    checkpoint_path,
+    load_model_tensors,
+    read_checkpoint,
+    verify_checkpoint,
+)
 
 
 def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer]:
@@ -27,9 +32,10 @@ def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer
 
         base, tensors = lora_parts(run, path)
         adapter = lora.attach(base, config.lora)
-        lora.load_adapter(adapter, tensors, str(path))
+        lora.load_adapter(adapter, tensors, str(path))  # names and shapes checked
         model = lora.merge(adapter)  # one weight per layer again: inference as fast as the base
     else:
+        verify_checkpoint(path, config.model, f"{run.path / CONFIG}")  # before building anything
         model = build_model(config.model)
         load_model_tensors(model, read_checkpoint(path)["model"], str(path))
     model.eval()
@@ -53,6 +59,7 @@ def lora_parts(run: Run, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]
         str(ref.get("weights_sha256", "")),
         f"run {run.id}",
     )
+    base.check_describes(run.config.model, str(run.path / CONFIG))  # before building anything
     model = build_model(run.config.model)
     base.copy_into(model)  # with the chat tokens' rows and the run's context, as in training
     return model, ckpt["model"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import run_cli
 from hf_tiny import make_gpt1, make_gpt2, write_chat
 from safetensors.torch import load_file, save_file
@@ -218,6 +219,22 @@ def test_changed_or_missing_base_is_a_one_line_error(lora_run, tmp_path):
     with pytest.raises(ShoshinError, match="cannot be loaded: checkpoint .* does not exist") as exc:
         shoshin.load(copy)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("n_layer", 64), ("vocab_size", 10**9), ("block_size", 4096)]
+)
+def test_a_config_that_does_not_describe_the_base_is_refused_before_building(
+    lora_run, tmp_path, key, value
+):
+    run, _, _ = lora_run
+    copy = tmp_path / run.id
+    shutil.copytree(run.path, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["model"][key] = value
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ShoshinError, match="does not describe a model fine-tuned from"):
+        shoshin.load(copy)
 
 
 def test_estimate_counts_gradients_and_optimizer_state_of_the_adapters_only(tmp_path):

@@ -40,14 +40,17 @@ from shoshin.models import lora as lora_adapters
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
-from shoshin.runs.store import Run, create_run, now_iso
+from shoshin.runs.store import CONFIG, Run, create_run, now_iso
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
+    load_optimizer_state,
     model_tensors,
     read_checkpoint,
     read_index,
+    read_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
@@ -205,7 +208,7 @@ class Trainer:
         else:
             load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
-            self.train_step.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
         _restore_rng(ckpt["rng"], self.batch_gen)
         state = ckpt["state"]
         self.step = state["step"]
@@ -548,13 +551,20 @@ def resume(run: Run, log=print) -> Run:
     A LoRA run's checkpoints hold its adapters only: the base model it recorded is loaded again
     (and refused if its weights changed).
     """
+    config = run.config
+    # A damaged or hostile checkpoint is refused before data and a model are built to resume into.
+    path = checkpoint_path(run.path / "checkpoints")
     init = None
-    if run.config.lora.rank:
+    if config.lora.rank:
         base = run.manifest.base_model
         if base is None:
             raise ShoshinError(f"LoRA run {run.id} does not record its base model; cannot resume")
         init = load_recorded_base(base.source, base.path, base.weights_sha256, f"run {run.id}")
-    trainer = Trainer(run.config, run, log=log, init=init)
+        init.check_describes(config.model, str(run.path / CONFIG))
+        read_state(path)  # the adapters are checked by name and shape as they load
+    else:
+        verify_checkpoint(path, config.model, str(run.path / CONFIG))
+    trainer = Trainer(config, run, log=log, init=init)
     trainer.load("latest")
     trainer.record_resume()
     trainer.fit()

@@ -4,6 +4,7 @@
 # the tests that drive generation, training and serving (device auto = the GPU there).
 #
 #   bash scripts/gpu-check.sh            # in a checkout whose environment has shoshin's dependencies
+#   BENCH=0 bash scripts/gpu-check.sh    # without the two benchmarks (about 2 minutes less)
 #
 # Where the GPU machine lacks some of them, wheels in .whl/ are installed first (see
 # docs/BENCHMARKS.md). Figures and logs go to $OUT (default /tmp/gpu-check).
@@ -58,6 +59,16 @@ print(r.status_code, r.json()["choices"][0]["finish_reason"], r.json()["usage"])
 PY
 kill -INT $server; wait $server; echo "serve exited $?"; tail -3 "$OUT/serve.log"
 
+section "LoRA fine-tune of a tiny GPT-2 on the GPU (bf16 autocast), then both exports"
+$PY -c "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from hf_tiny import make_gpt2; make_gpt2(Path('$RUNS/gpt2-tiny'))"
+$PY -m shoshin finetune --runs-dir "$RUNS" --from "$RUNS/gpt2-tiny" lora.rank=8 \
+    train.device=cuda train.dtype=bfloat16 train.max_steps=60 model.block_size=48 \
+    data.max_documents=200 train.calibrate=false 2>&1 | tail -6
+$PY -m shoshin show latest --runs-dir "$RUNS" 2>&1 | grep -E "adapter|base|trainable"
+$PY -m shoshin export latest --runs-dir "$RUNS" --out "$RUNS/merged" 2>&1 | tail -1
+$PY -m shoshin export latest --runs-dir "$RUNS" --adapter --out "$RUNS/adapter" 2>&1 | tail -1
+
+if [ "${BENCH:-1}" = 1 ]; then
 section "generation benchmark, cuda"
 $PY benchmarks/generation.py --device cuda --new-tokens 128 --rounds 3 2>&1 | tee "$OUT/generation.txt"
 
@@ -67,8 +78,10 @@ for dtype in fp32 bf16; do
         2>&1 | tee "$OUT/serving-$dtype.txt"
 done
 
+fi
+
 section "tests (device auto = cuda)"
 timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_sampling.py tests/test_generation.py \
     tests/test_smoke.py tests/test_chat.py tests/test_step.py tests/test_finetune.py \
-    tests/test_interop.py 2>&1 | tail -15
+    tests/test_interop.py tests/test_lora.py 2>&1 | tail -15
 section done

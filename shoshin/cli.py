@@ -314,8 +314,14 @@ def _sampling_params(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace) -> int:
     from shoshin.interop.export import export
 
-    out = export(args.run, args.out, args.checkpoint, args.runs_dir)
-    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+    out = export(args.run, args.out, args.checkpoint, args.runs_dir, adapter=args.adapter)
+    if args.adapter:
+        print(
+            f"wrote {out}/base and {out}/adapter (load them with peft.PeftModel.from_pretrained("
+            f"AutoModelForCausalLM.from_pretrained('{out}/base'), '{out}/adapter'))"
+        )
+    else:
+        print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 
 
@@ -473,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA runs: write the adapters for peft (DIR/adapter) and the base model (DIR/base) "
+        "instead of one merged model",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("runs", parents=[common], help="list runs")

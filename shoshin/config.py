@@ -157,6 +157,35 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA fine-tuning through peft: train small low-rank adapters, the base weights stay frozen."""
+
+    rank: int = setting(
+        0,
+        "rank of the LoRA adapters; 0 = off (every weight trains); needs shoshin[lora]",
+        minimum=0,
+    )
+    alpha: float = setting(16.0, "LoRA scaling numerator: the update is scaled by alpha / rank")
+    dropout: float = setting(0.0, "dropout on the adapters' input in training, in [0, 1)")
+    targets: Literal["attention", "mlp", "both"] = setting(
+        "both", "layers that get adapters: attention (c_attn, c_proj), mlp (c_fc, c_proj) or both"
+    )
+
+    def validate(self, environment: bool = True) -> None:
+        """`environment=False`: the values only, not whether peft is installed here."""
+        if not self.rank:
+            return
+        if self.alpha <= 0:
+            raise ShoshinError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ShoshinError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if environment and importlib.util.find_spec("peft") is None:
+            raise ShoshinError(
+                "lora.rank > 0 needs peft: pip install 'shoshin[lora]' (or set lora.rank=0)"
+            )
+
+
+@dataclass
 class TrackingConfig:
     """Where else the run is recorded."""
 
@@ -180,6 +209,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": ModelConfig.__doc__})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": DataConfig.__doc__})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": TrainConfig.__doc__})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": LoraConfig.__doc__})
     tracking: TrackingConfig = field(
         default_factory=TrackingConfig, metadata={"help": TrackingConfig.__doc__}
     )
@@ -193,6 +223,12 @@ class Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self.lora.validate(environment)
+        if self.lora.rank:
+            from shoshin.models import architecture
+
+            if architecture(self.model.arch).lora_targets is None:
+                raise ShoshinError(f"lora.rank does not apply to model.arch={self.model.arch}")
         if environment:
             self.tracking.validate()
         return self

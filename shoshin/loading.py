@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from shoshin.data.tokenizers import Tokenizer, load_tokenizer
@@ -26,11 +27,42 @@ def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer
             f"run {run.id} never got as far as building its model (see: shoshin show {run.id})"
         )
     path = checkpoint_path(run.path / "checkpoints", checkpoint)
-    verify_checkpoint(path, config.model, f"{run.path / CONFIG}")  # before building anything
-    model = build_model(config.model)
-    load_model_tensors(model, read_checkpoint(path)["model"], str(path))
+    if config.lora.rank:
+        from shoshin.models import lora
+
+        base, tensors = lora_parts(run, path)
+        adapter = lora.attach(base, config.lora)
+        lora.load_adapter(adapter, tensors, str(path))  # names and shapes checked
+        model = lora.merge(adapter)  # one weight per layer again: inference as fast as the base
+    else:
+        verify_checkpoint(path, config.model, f"{run.path / CONFIG}")  # before building anything
+        model = build_model(config.model)
+        load_model_tensors(model, read_checkpoint(path)["model"], str(path))
     model.eval()
     return model, load_tokenizer(run.path)
+
+
+def lora_parts(run: Run, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A LoRA run's base model (as training started from it) and the adapters of checkpoint `path`.
+
+    The base is the checkpoint's recorded one, loaded again and refused if its weights changed.
+    """
+    from shoshin.interop.hf import load_recorded_base
+
+    ckpt = read_checkpoint(path)
+    ref = ckpt["state"].get("base_model")
+    if not isinstance(ref, dict):
+        raise ShoshinError(f"checkpoint {path} holds LoRA adapters but does not name their base")
+    base = load_recorded_base(
+        str(ref.get("source", "")),
+        str(ref.get("path", "")),
+        str(ref.get("weights_sha256", "")),
+        f"run {run.id}",
+    )
+    base.check_describes(run.config.model, str(run.path / CONFIG))  # before building anything
+    model = build_model(run.config.model)
+    base.copy_into(model)  # with the chat tokens' rows and the run's context, as in training
+    return model, ckpt["model"]
 
 
 def load(

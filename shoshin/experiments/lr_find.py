@@ -100,6 +100,11 @@ def lr_find(
         raise ShoshinError(f"need 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
     if steps < 10:
         raise ShoshinError(f"--steps must be at least 10 for a usable curve, got {steps}")
+    if config.lora.rank:
+        raise ShoshinError(
+            "lr-find trains a model from scratch; LoRA adapters need a pretrained base "
+            "(shoshin finetune --from SRC lora.rank=8), so set lora.rank=0"
+        )
     tc, T = config.train, config.model.block_size
     device = pick_device(tc.device)
     data = prepare_data(config.data, log=log)

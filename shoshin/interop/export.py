@@ -1,4 +1,5 @@
-"""`shoshin export RUN --out DIR`: a Hugging Face checkpoint that `transformers` loads as it is.
+"""`shoshin export RUN --out DIR`: a Hugging Face checkpoint that `transformers` loads as it is
+(`--adapter`: a LoRA run's adapters for `peft`, on top of its base model).
 
 GPT-2-layout (pre-norm) models become `GPT2LMHeadModel`, GPT-1-layout (post-norm) models
 `OpenAIGPTLMHeadModel`; the tokenizer is written as `tokenizer.json` for `PreTrainedTokenizerFast`,
@@ -19,14 +20,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
+from shoshin.config import Config
 from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
-from shoshin.data.tokenizers import END, EOT, BpeTokenizer
+from shoshin.data.tokenizers import END, EOT, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import shoshin_to_hf
-from shoshin.loading import load
+from shoshin.loading import load, lora_parts, resolve_source
 from shoshin.models import GPT
+from shoshin.runs.store import Run
+from shoshin.training.checkpoint import checkpoint_path
 
 # shoshin.data.chat.render_chat in Jinja, for transformers' apply_chat_template (tests hold the two
 # to the same ids). A role without a token is an error, as in shoshin, not text that looks like one.
@@ -43,13 +48,33 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 looks f
 
 
 def export(
-    src: str, out: str | Path, checkpoint: str = "latest", runs_dir: str | Path | None = None
+    src: str,
+    out: str | Path,
+    checkpoint: str = "latest",
+    runs_dir: str | Path | None = None,
+    adapter: bool = False,
 ) -> Path:
-    """Write run (or checkpoint) `src` to folder `out` as a transformers checkpoint; returns `out`."""
+    """Write run (or checkpoint) `src` to folder `out` as a transformers checkpoint; returns `out`.
+
+    A LoRA run is written with its adapters merged into the weights; with `adapter=True`, as
+    PEFT writes it instead: `out/adapter` (adapter_config.json, adapter_model.safetensors) on top
+    of `out/base`, the base model as a transformers checkpoint.
+    """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ShoshinError(f"{out} already exists and is not empty; choose another --out")
-    model, tokenizer = load(src, checkpoint, runs_dir)
+    if adapter:
+        run = resolve_source(src, runs_dir)
+        if not isinstance(run, Run) or not run.config.lora.rank:
+            raise ShoshinError(
+                f"{src} is not a LoRA run: --adapter exports the adapters of a run fine-tuned "
+                "with lora.rank > 0 (export without --adapter writes the whole model)"
+            )
+        path = checkpoint_path(run.path / "checkpoints", checkpoint)
+        model, adapters = lora_parts(run, path)
+        tokenizer = load_tokenizer(run.path)
+    else:
+        model, tokenizer = load(src, checkpoint, runs_dir)
     if not isinstance(model, GPT):
         raise ShoshinError(
             f"{src} is an LSTM run: transformers has no LSTM language model to load it into; "
@@ -60,6 +85,25 @@ def export(
             f"{src} uses the char tokenizer, which transformers' AutoTokenizer cannot load; "
             "only runs with a BPE or pretrained tokenizer (data.tokenizer=bpe) can be exported"
         )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        if adapter:
+            write_transformers(model, tokenizer, tmp / "base")
+            write_peft_adapter(run.config, adapters, tmp / "adapter", out.resolve() / "base")
+        else:
+            write_transformers(model, tokenizer, tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_transformers(model: GPT, tokenizer: BpeTokenizer, folder: Path) -> None:
+    """Write `model` and `tokenizer` into `folder` as a transformers checkpoint."""
     hf_config, tensors = shoshin_to_hf(model)
     specials = tokenizer.special_tokens
     chat = is_chat_tokenizer(tokenizer)
@@ -87,20 +131,38 @@ def export(
     if chat:
         tokenizer_config["chat_template"] = CHAT_TEMPLATE  # transformers < 4.47 reads it here
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-        if chat:
-            (tmp / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
-        tokenizer.save(tmp)  # tokenizer.json
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (folder / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    if chat:
+        (folder / CHAT_TEMPLATE_FILE).write_text(CHAT_TEMPLATE)
+    tokenizer.save(folder)  # tokenizer.json
+
+
+def write_peft_adapter(
+    config: Config, adapters: dict[str, torch.Tensor], folder: Path, base: Path
+) -> None:
+    """Write a LoRA run's adapters as PEFT saves them, for the transformers model in `base`.
+
+    The adapted layers have the same names in transformers' GPT-2 and GPT-1 (`c_attn`, `c_proj`,
+    `c_fc`) under its `transformer.` prefix. Those are `Conv1D` layers, whose weight is stored
+    (in, out): `fan_in_fan_out` tells PEFT so, for merging. The adapter matrices themselves
+    (A: rank x in, B: out x rank) are the same whatever the layer stores, so they copy unchanged.
+    """
+    from shoshin.models.lora import ADAPTER_PREFIX, peft_config
+
+    lora_config = peft_config(
+        config.model,
+        config.lora,
+        fan_in_fan_out=True,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(base),
+    )
+    lora_config.save_pretrained(str(folder))  # adapter_config.json
+    tensors = {
+        ADAPTER_PREFIX + "transformer." + name.removeprefix(ADAPTER_PREFIX): t.contiguous()
+        for name, t in adapters.items()
+    }
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -22,7 +22,7 @@ import torch
 
 from shoshin.config import ModelConfig
 from shoshin.data.text import read_text_file
-from shoshin.data.tokenizers import BpeTokenizer, load_tokenizer
+from shoshin.data.tokenizers import CHAT_TOKENS, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import GPT
 from shoshin.runs.provenance import sha256_file
@@ -65,6 +65,25 @@ class Pretrained:
             "weights_sha256": self.weights_sha256,
             "params": sum(p.numel() for p in self.model.parameters()),
         }
+
+    def check_describes(self, config: ModelConfig, where: str) -> None:
+        """Refuse a model config that is not this checkpoint's shape, before a model is built
+        from it. A fine-tuning run's may differ in three ways only: a vocabulary grown by the chat
+        tokens, a shorter context, its own dropout."""
+        ours = self.model.config
+        grown = config.vocab_size - ours.vocab_size
+        same = dataclasses.replace(
+            config, vocab_size=ours.vocab_size, block_size=ours.block_size, dropout=ours.dropout
+        )
+        if (
+            same != ours
+            or not 0 <= grown <= len(CHAT_TOKENS) + 1  # + <|endoftext|>, which GPT-1 lacks
+            or not 1 <= config.block_size <= ours.block_size
+        ):
+            raise ShoshinError(
+                f"{where} does not describe a model fine-tuned from {self.source} "
+                f"(its shape or vocabulary differ)"
+            )
 
     def copy_into(self, model: GPT) -> None:
         """Copy these weights into `model`, built with a grown vocabulary and maybe a shorter context.
@@ -444,3 +463,29 @@ def load_checkpoint(src: str | Path) -> Pretrained:
         weights_file=weights_file.name,
         weights_sha256=sha256_file(weights_file),
     )
+
+
+def load_recorded_base(source: str, path: str, weights_sha256: str, what: str) -> Pretrained:
+    """The checkpoint that `what` (a run, or a LoRA checkpoint) was fine-tuned from, as recorded.
+
+    It is read from the recorded folder if that is still there, else from its source (a hub id
+    is found in the HF cache). Weights whose sha256 differs from the recorded one are refused
+    in one line: another base would not be the same model (a LoRA adapter only means something
+    on top of the exact weights it was trained on).
+    """
+    if not source or not weights_sha256:
+        raise ShoshinError(
+            f"{what} does not record which checkpoint it fine-tuned (source and weights_sha256)"
+        )
+    where = path if path and Path(path).is_dir() else source
+    try:
+        base = load_checkpoint(where)
+    except ShoshinError as exc:
+        raise ShoshinError(f"the base model of {what}, {source}, cannot be loaded: {exc}") from None
+    if base.weights_sha256 != weights_sha256:
+        raise ShoshinError(
+            f"the weights of {source}, the base model of {what}, changed since it was fine-tuned "
+            f"(sha256 {weights_sha256[:12]}..., now {base.weights_sha256[:12]}...)"
+        )
+    base.source = source
+    return base

@@ -20,7 +20,15 @@ from shoshin.errors import ShoshinError
 from shoshin.models.gpt import GPT
 from shoshin.models.lstm import LSTM
 
-__all__ = ["ARCHITECTURES", "GPT", "LSTM", "Architecture", "build_model", "count_parameters"]
+__all__ = [
+    "ARCHITECTURES",
+    "GPT",
+    "LSTM",
+    "Architecture",
+    "build_model",
+    "count_parameters",
+    "count_trainable",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Architecture:
     activation_values: Callable[[ModelConfig, int], int]
     # the inference cache of `batch` rows at full context, in values
     cache_values: Callable[[ModelConfig, int], int]
+    # module names (suffixes) that LoRA adapts for each `lora.targets` choice; None = no LoRA
+    lora_targets: dict[str, tuple[str, ...]] | None = None
 
 
 def _gpt_activations(c: ModelConfig, B: int) -> int:
@@ -62,6 +72,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         extra_flops_per_token=lambda c: 12.0 * c.n_layer * c.n_embd * c.block_size,
         activation_values=_gpt_activations,
         cache_values=lambda c, batch: 2 * c.n_layer * batch * c.block_size * c.n_embd,  # K and V
+        # The names of Hugging Face's GPT-2 and GPT-1 as well, so an exported adapter applies there.
+        lora_targets={
+            "attention": ("attn.c_attn", "attn.c_proj"),
+            "mlp": ("mlp.c_fc", "mlp.c_proj"),
+            "both": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+        },
     ),
     "lstm": Architecture(
         model=LSTM,
@@ -89,5 +105,10 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, counting tied weights once."""
+    """Parameters, counting tied weights once (frozen ones too: a LoRA run's base weights)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Parameters the optimizer updates: all of them, or a LoRA run's adapters only."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

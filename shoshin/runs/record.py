@@ -3,8 +3,8 @@
 The manifest is one JSON object. Its top level holds who the run is and how it ended (identity,
 command, times, status, results); the facts gathered about it are sections, each a dataclass
 below: the code (`git`, `code`), the `environment`, the `data`, the `estimate` made as it started,
-the `base_model` a fine-tuning run started from, its resumes, and what an experiment adds (a
-`matrix` cell, a `reproduction`, an `lr_find` result).
+the `base_model` a fine-tuning run started from, the `adapter` a LoRA run trains, its resumes, and
+what an experiment adds (a `matrix` cell, a `reproduction`, an `lr_find` result).
 
 Reading is tolerant of older files (a missing key takes its default; a key this version does not
 know is kept and written back) and strict about damaged ones: a file that is not JSON, not an
@@ -142,6 +142,7 @@ class Estimate:
     total_tokens: int = 0
     total_flops: float = 0.0
     memory: dict[str, int] = field(default_factory=dict)  # bytes, see memory_estimate()
+    trainable_params: int | None = None  # what the optimizer updates: LoRA adapters, or all
     step_seconds: float | None = None  # calibrated mean time of one optimizer step
     eval_batch_seconds: float | None = None  # calibrated time of one evaluation batch
     calibration_steps: int = 0
@@ -164,6 +165,18 @@ class BaseModel:
     model_type: str = ""
     weights: str = ""
     params: int = 0
+
+
+@dataclass
+class Adapter:
+    """The LoRA adapters a run trains instead of its base weights (lora.rank > 0)."""
+
+    method: str = "lora"
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
+    targets: str = ""  # attention, mlp or both
+    target_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -247,6 +260,7 @@ class Manifest:
     # what trained, where
     arch: str | None = None
     params: int | None = None
+    trainable_params: int | None = None  # LoRA: the adapters; else the same as params
     device: str | None = None
     threads: int | None = None
     world_size: int = 1
@@ -264,6 +278,7 @@ class Manifest:
     data: DataRecord | None = None
     estimate: Estimate | None = None
     base_model: BaseModel | None = None
+    adapter: Adapter | None = None
     resumed: list[Resume] = field(default_factory=list)
     mlflow: MlflowLink | None = None
     # what experiments add

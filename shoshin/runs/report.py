@@ -188,6 +188,15 @@ def format_show(
         f"started   {m.start_time}   ended {m.end_time or '-'}",
         f"model     {m.arch or '-'}, {fmt_params(m.params)} parameters",
     ]
+    if m.base_model is not None:
+        b = m.base_model
+        lines.append(f"base      {b.source} ({b.model_type}, sha256 {b.weights_sha256[:12]})")
+    if m.adapter is not None:
+        a = m.adapter
+        lines.append(
+            f"adapter   {a.method} rank {a.rank}, alpha {a.alpha:g}, dropout {a.dropout:g}, "
+            f"on {', '.join(a.target_modules)}: {fmt_params(m.trainable_params)} trainable"
+        )
     if m.data is not None:
         lines.append(f"data      {m.data.source} ({m.data.kind}), tokens {m.data.tokens or None}")
     lines.append(f"steps     {m.steps} in {fmt_duration(m.elapsed_seconds)}")

@@ -1,6 +1,8 @@
 """Checkpoints: tensors as safetensors, everything else as JSON; nothing is ever unpickled.
 
-    checkpoints/step-000500/model.safetensors    model weights (tied weights stored once)
+    checkpoints/step-000500/model.safetensors    model weights (tied weights stored once), or a
+                                                 LoRA run's adapters alone (its state.json then
+                                                 names the base model and its sha256)
     checkpoints/step-000500/trainer.safetensors  optimizer moments and RNG states (resume only)
     checkpoints/step-000500/state.json           step, optimizer hyper-parameters, counters
     checkpoints/index.json                       {"latest": "step-000500", "best": "step-000400"}
@@ -279,19 +281,22 @@ def _same_kind(value: Any, ref: Any) -> bool:
 def save_checkpoint(
     ckpt_root: Path,
     step: int,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
     best: bool = False,
 ) -> Path:
-    """Write checkpoint `step` and point `latest` (and `best` if asked) at it; prune older ones."""
+    """Write checkpoint `step` and point `latest` (and `best` if asked) at it; prune older ones.
+
+    `weights`: what model.safetensors holds, model_tensors(model) or a LoRA run's adapters.
+    """
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
     try:
-        (tmp / "model.safetensors").write_bytes(save_safetensors(model_tensors(model)))
+        (tmp / "model.safetensors").write_bytes(save_safetensors(weights))
         extra: dict[str, Any] = {}
         trainer_tensors = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
         if optimizer is not None:

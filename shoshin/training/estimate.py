@@ -9,6 +9,9 @@ FLOPs per token, training (forward + backward = 3 x forward), after Kaplan et al
 N counts the weights that take part in matrix multiplies (every parameter except the position
 embeddings; the tied token embedding counts once, for the output head). The second term is the
 attention score and weighted-sum work, which grows with the context and is not in N.
+
+A LoRA run (lora.rank > 0) trains its adapters only: gradients and AdamW's moments exist for
+them alone, while the frozen base weights still take part in every pass.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch.nn as nn
 
 from shoshin.config import Config, ModelConfig
 from shoshin.data.dataset import PreparedData, check_fits, eval_batch_count, prepare_data
-from shoshin.models import architecture, build_model, count_parameters
+from shoshin.models import architecture, build_model, count_parameters, count_trainable
+from shoshin.models import lora as lora_adapters
 from shoshin.progress import SlowWork, format_seconds
 from shoshin.runs.record import Estimate
 from shoshin.training.distributed import DistContext, pick_device
@@ -77,17 +81,23 @@ def peak_resident_bytes() -> int:
 
 
 def memory_estimate(
-    config: Config, params: int, data: PreparedData, runtime_bytes: int
+    config: Config,
+    params: int,
+    data: PreparedData,
+    runtime_bytes: int,
+    trainable: int | None = None,
 ) -> dict[str, int]:
-    """Training and inference memory, in bytes, by part."""
+    """Training and inference memory, in bytes, by part; `trainable`: the parameters the optimizer
+    updates (default: all), which alone have gradients and optimizer state."""
     tc = config.train
     weights = params * FLOAT32
+    trained = (params if trainable is None else trainable) * FLOAT32
     # The tokenized corpus is memory-mapped: random windows page all of it in over a run.
     data_bytes = sum(s.tokens.nbytes + s.mask.nbytes for s in (data.train, data.val))
     parts = {
         "weights": weights,
-        "gradients": weights,
-        "optimizer": 2 * weights,  # AdamW's two moments
+        "gradients": trained,
+        "optimizer": 2 * trained,  # AdamW's two moments
         "activations": activation_bytes(config.model, tc.batch_size, tc.dtype),
         "data": data_bytes,
     }
@@ -116,7 +126,10 @@ def calibrate(
     tc, T = config.train, config.model.block_size
     single = DistContext(device=device)
     with torch.random.fork_rng(devices=[]):
-        model = build_model(config.model).to(device)
+        model = build_model(config.model)
+        if config.lora.rank:
+            lora_adapters.attach(model, config.lora)  # random base weights time the same
+        model.to(device)
         gen = torch.Generator().manual_seed(tc.seed + 2)
         step = TrainStep(model, tc, T, data.train, gen, schedule=lambda _: tc.lr, dist=single)
 
@@ -168,7 +181,10 @@ def estimate(
     config.model.vocab_size = data.tokenizer.vocab_size
     with torch.random.fork_rng(devices=[]):
         shape = build_model(config.model)  # on CPU, only to count
+        if config.lora.rank:
+            lora_adapters.attach(shape, config.lora)
     params, matmul = count_parameters(shape), matmul_parameters(shape)
+    trainable = count_trainable(shape)
     del shape
     fpt, attention = flops_per_token(config.model, matmul)
     tc = config.train
@@ -186,7 +202,8 @@ def estimate(
         steps=tc.max_steps,
         total_tokens=tokens_per_step * tc.max_steps,
         total_flops=fpt * tokens_per_step * tc.max_steps,
-        memory=memory_estimate(config, params, data, max(runtime, 0)),
+        memory=memory_estimate(config, params, data, max(runtime, 0), trainable),
+        trainable_params=trainable,
     )
     if calibration_steps > 0:
         step_s, eval_s = calibrate(config, data, device, steps=calibration_steps, log=log)
@@ -226,6 +243,11 @@ def format_estimate(est: Estimate) -> str:
     m = est.memory
     lines = [
         f"parameters        {est.params:,} ({est.matmul_params:,} in matrix multiplies)",
+        *(
+            [f"trainable         {est.trainable_params:,} (LoRA adapters; the rest is frozen)"]
+            if est.trainable_params not in (None, est.params)
+            else []
+        ),
         f"FLOPs per token   {_si(est.flops_per_token)} "
         f"(6N = {_si(6 * est.matmul_params)} + attention {_si(est.attention_flops_per_token)})",
         f"training          {est.steps:,} steps x {est.tokens_per_step:,} tokens = "

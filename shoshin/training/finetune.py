@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
-from shoshin.interop.hf import FAMILIES, Pretrained, load_checkpoint
+from shoshin.interop.hf import FAMILIES, Pretrained, load_checkpoint, load_recorded_base
 from shoshin.runs.record import Manifest
 from shoshin.runs.store import Run
 from shoshin.training.trainer import train
@@ -84,15 +84,6 @@ def recorded_base(manifest: Manifest) -> Pretrained | None:
     recorded = manifest.base_model
     if recorded is None:
         return None
-    if not recorded.source or not recorded.weights_sha256:
-        raise ShoshinError(
-            "the manifest's base_model does not say which checkpoint the run fine-tuned "
-            "(source and weights_sha256); it cannot be re-run"
-        )
-    base = load_checkpoint(recorded.source)
-    if base.weights_sha256 != recorded.weights_sha256:
-        raise ShoshinError(
-            f"the weights of {recorded.source} changed since this run fine-tuned them "
-            f"(sha256 {recorded.weights_sha256[:12]}..., now {base.weights_sha256[:12]}...)"
-        )
-    return base
+    return load_recorded_base(
+        recorded.source, recorded.path, recorded.weights_sha256, f"run {manifest.id}"
+    )

@@ -9,6 +9,10 @@ checkpoints), and they run on rank 0 alone.
 Resume is exact: model, optimizer, schedule position, RNG states (dropout and the batch sampler) are
 restored from the checkpoint, so an interrupted-then-resumed run logs the same losses as one that
 ran straight through (bitwise on CPU with the same thread count).
+
+LoRA (lora.rank > 0): the model starts from a pretrained base, peft adds adapters to it in place
+(shoshin.models.lora), and only the adapters train and are checkpointed; a checkpoint names the
+base by source and sha256, and resuming loads that base again and refuses a changed one.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from shoshin.errors import ShoshinError
 from shoshin.evaluation.evaluate import heldout_at_end_of_training
 from shoshin.generation.sample import sample_text
 from shoshin.generation.sampling import SamplingParams
-from shoshin.interop.hf import Pretrained
-from shoshin.models import build_model, count_parameters
+from shoshin.interop.hf import Pretrained, load_recorded_base
+from shoshin.models import build_model, count_parameters, count_trainable
+from shoshin.models import lora as lora_adapters
 from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
@@ -41,8 +46,10 @@ from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
     load_optimizer_state,
+    model_tensors,
     read_checkpoint,
     read_index,
+    read_state,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -74,11 +81,12 @@ def _restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator) -> No
 
 def _pretrained_tokenizer(config: Config, run: Run, init: Pretrained | None) -> BpeTokenizer | None:
     """The checkpoint's tokenizer for fine-tuning runs (from the run directory when resuming)."""
-    if init is not None:
-        return init.tokenizer
     if config.data.tokenizer != "pretrained":
         return None
-    tokenizer = load_tokenizer(run.path) if (run.path / BPE_FILE).exists() else None
+    saved = run.path / BPE_FILE
+    if init is not None and not saved.exists():
+        return init.tokenizer
+    tokenizer = load_tokenizer(run.path) if saved.exists() else None
     if not isinstance(tokenizer, BpeTokenizer):
         raise ShoshinError(
             "data.tokenizer=pretrained takes the tokenizer of a checkpoint; "
@@ -147,6 +155,7 @@ class Trainer:
         if init is not None:
             init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
             self._record(base_model=init.describe())
+        self.adapter = self._attach_lora(init)
         self.model.to(self.device)
         self.batch_gen = torch.Generator().manual_seed(tc.seed)
         self.train_step = TrainStep(
@@ -170,13 +179,35 @@ class Trainer:
         self._committed_updates = 0
         self._committed_rng = _capture_rng(self.batch_gen)
 
+    def _attach_lora(self, init: Pretrained | None):
+        """With lora.rank > 0: adapters on the pretrained model (the PeftModel), else None."""
+        lora = self.config.lora
+        if not lora.rank:
+            return None
+        if init is None:
+            raise ShoshinError(
+                "lora.rank trains adapters on a pretrained model: "
+                "shoshin finetune --from SRC lora.rank=8"
+            )
+        self.base = {  # what each checkpoint says its adapters need underneath them
+            "source": init.source,
+            "path": str(init.path),
+            "weights_sha256": init.weights_sha256,
+        }
+        adapter = lora_adapters.attach(self.model, lora)
+        self._record(adapter=lora_adapters.describe(lora, self.config.model))
+        return adapter
+
     # -- state ---------------------------------------------------------------------------
 
     def load(self, which: str = "latest") -> None:
         """Restore model, optimizer, RNG and counters from a checkpoint of this run."""
         path = checkpoint_path(self.run.path / "checkpoints", which)
         ckpt = read_checkpoint(path, with_trainer=True)
-        load_model_tensors(self.model, ckpt["model"], str(path))
+        if self.adapter is not None:
+            lora_adapters.load_adapter(self.adapter, ckpt["model"], str(path))
+        else:
+            load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
             load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
         _restore_rng(ckpt["rng"], self.batch_gen)
@@ -193,10 +224,15 @@ class Trainer:
             "elapsed": self.elapsed,
             "tokens_seen": self.tokens_seen,
         }
+        if self.adapter is not None:
+            weights = lora_adapters.adapter_tensors(self.adapter)
+            state["base_model"] = self.base
+        else:
+            weights = model_tensors(self.model)
         save_checkpoint(
             self.run.path / "checkpoints",
             self.step,
-            self.model,
+            weights,
             self.train_step.optimizer,
             rng,
             state,
@@ -413,6 +449,7 @@ class Trainer:
             status="running",
             estimate=est,
             params=count_parameters(self.model),
+            trainable_params=count_trainable(self.model),
             arch=self.config.model.arch,
             device=str(self.device),
             threads=torch.get_num_threads(),
@@ -515,13 +552,25 @@ def train(
 
 
 def resume(run: Run, log=print) -> Run:
-    """Continue `run` from its latest checkpoint, exactly where it stopped."""
+    """Continue `run` from its latest checkpoint, exactly where it stopped.
+
+    A LoRA run's checkpoints hold its adapters only: the base model it recorded is loaded again
+    (and refused if its weights changed).
+    """
     config = run.config
     # A damaged or hostile checkpoint is refused before data and a model are built to resume into.
-    verify_checkpoint(
-        checkpoint_path(run.path / "checkpoints"), config.model, str(run.path / CONFIG)
-    )
-    trainer = Trainer(config, run, log=log)
+    path = checkpoint_path(run.path / "checkpoints")
+    init = None
+    if config.lora.rank:
+        base = run.manifest.base_model
+        if base is None:
+            raise ShoshinError(f"LoRA run {run.id} does not record its base model; cannot resume")
+        init = load_recorded_base(base.source, base.path, base.weights_sha256, f"run {run.id}")
+        init.check_describes(config.model, str(run.path / CONFIG))
+        read_state(path)  # the adapters are checked by name and shape as they load
+    else:
+        verify_checkpoint(path, config.model, str(run.path / CONFIG))
+    trainer = Trainer(config, run, log=log, init=init)
     trainer.load("latest")
     trainer.record_resume()
     trainer.fit()

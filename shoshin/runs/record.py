@@ -241,6 +241,7 @@ class Manifest:
     # times and status (one of STATUSES)
     status: str = "unknown"
     start_time: str | None = None
+    heartbeat: str | None = None  # last sign of life of the writer (ISO time), see store.py
     end_time: str | None = None
     error: str | None = None
     traceback: str | None = None  # file name in the run directory

@@ -103,7 +103,7 @@ def summarize(run: Run) -> RunSummary:
     return RunSummary(
         id=run.id,
         path=str(run.path),
-        status=effective_status(m),
+        status=effective_status(m, run.path),
         name=m.name,
         kind=run_kind(m),
         reproduction_of=m.reproduction_of,
@@ -158,7 +158,7 @@ def show_json(
 ) -> dict[str, Any]:
     """What `shoshin show --json` prints: the manifest (status as `runs` shows it), config,
     metrics and the run's evaluation records."""
-    manifest = {**manifest_to_dict(m), "status": effective_status(m)}
+    manifest = {**manifest_to_dict(m), "status": effective_status(m, run.path)}
     return {
         "manifest": manifest,
         "config": config.to_dict(),
@@ -172,7 +172,7 @@ def format_show(
 ) -> str:
     """The human-readable `shoshin show`: status, command, model, data, time, code, config,
     evaluations during training and the records of shoshin eval."""
-    status = effective_status(m) + (f" ({m.error})" if m.error else "")
+    status = effective_status(m, run.path) + (f" ({m.error})" if m.error else "")
     lines = [
         f"run       {run.id}",
         f"path      {run.path}",

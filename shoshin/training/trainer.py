@@ -14,6 +14,8 @@ ran straight through (bitwise on CPU with the same thread count).
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,7 @@ from shoshin.models import build_model, count_parameters
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
-from shoshin.runs.store import Run, create_run, now_iso
+from shoshin.runs.store import HEARTBEAT_SECONDS, Run, create_run, now_iso
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
@@ -163,6 +165,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training across resumes (evaluation excluded)
         self.tokens_seen = 0
         self.last_eval_step = -1
+        self._last_beat = -math.inf
         # The last state recorded in full (see _commit): what an interrupt keeps.
         self._committed_updates = 0
         self._committed_rng = _capture_rng(self.batch_gen)
@@ -199,6 +202,7 @@ class Trainer:
             state,
             best=best,
         )
+        self._heartbeat(force=True)
 
     def _latest_checkpoint_step(self) -> int | None:
         latest = read_index(self.run.path / "checkpoints").get("latest")
@@ -337,6 +341,22 @@ class Trainer:
         if row:
             self.run.append_metrics({"step": self.step, **row, "elapsed": round(self.elapsed, 3)})
             self.progress.report(self.step, row, self.elapsed)
+            self._heartbeat()
+
+    @rank_zero_only
+    def _heartbeat(self, force: bool = False) -> None:
+        """Tell `shoshin runs` the run is alive and how far it got (at every checkpoint, and with
+        the logged rows at most every HEARTBEAT_SECONDS: each beat rewrites the manifest)."""
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        self.run.update_manifest(
+            heartbeat=now_iso(),
+            steps=self.step,
+            elapsed_seconds=round(self.elapsed, 2),
+            tokens_seen=self.tokens_seen,
+        )
 
     def _checkpoint_if_due(self, improved: bool) -> None:
         tc = self.config.train
@@ -403,6 +423,13 @@ class Trainer:
             )
         self.run.update_manifest(
             status="running",
+            pid=os.getpid(),  # after a resume: this process, so `shoshin runs` sees it live
+            hostname=socket.gethostname(),
+            heartbeat=now_iso(),
+            steps=self.step,
+            end_time=None,  # a resumed run has not ended (yet): drop how it ended last time
+            error=None,
+            traceback=None,
             estimate=est,
             params=count_parameters(self.model),
             arch=self.config.model.arch,
@@ -486,31 +513,44 @@ def train(
     """Train a new run from `config` (from `init`'s weights when fine-tuning); returns its Run.
 
     `stop_after` ends training at that step with the schedule of the full run (see `reproduce`);
-    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run.
+    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run and
+    holds its lock.
     """
     dist = init_distributed(pick_device(config.train.device))
     run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
-    if dist.is_main:
-        procs = f" ({dist.world_size} processes)" if dist.enabled else ""
-        log(f"run {run.id} -> {run.path}{procs}")
     try:
-        trainer = Trainer(config, run, log=log, init=init)
-    except BaseException as exc:
-        if dist.is_main:  # a run that never started training still says why
-            run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
-        raise
-    if dist.is_main:
-        save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
-    trainer.fit(stop_after)
-    trainer.final_sample()
+        if dist.is_main:
+            procs = f" ({dist.world_size} processes)" if dist.enabled else ""
+            log(f"run {run.id} -> {run.path}{procs}")
+        try:
+            trainer = Trainer(config, run, log=log, init=init)
+        except BaseException as exc:
+            if dist.is_main:  # a run that never started training still says why
+                run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
+            raise
+        if dist.is_main:
+            save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
+        trainer.fit(stop_after)
+        trainer.final_sample()
+    finally:
+        run.release_lock()
     return run
 
 
 def resume(run: Run, log=print) -> Run:
-    """Continue `run` from its latest checkpoint, exactly where it stopped."""
-    trainer = Trainer(run.config, run, log=log)
-    trainer.load("latest")
-    trainer.record_resume()
-    trainer.fit()
-    trainer.final_sample()
+    """Continue `run` from its latest checkpoint, exactly where it stopped.
+
+    The lock is taken before anything is read or written: a second writer of the same run stops
+    at once with a one-line error naming the first (under torchrun, rank 0 holds it).
+    """
+    dist = init_distributed(pick_device(run.config.train.device))
+    dist.from_main(run.take_lock)
+    try:
+        trainer = Trainer(run.config, run, log=log)
+        trainer.load("latest")
+        trainer.record_resume()
+        trainer.fit()
+        trainer.final_sample()
+    finally:
+        run.release_lock()
     return run

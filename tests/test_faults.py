@@ -1,0 +1,114 @@
+"""Fault injection: what happens to a run when its process is killed, doubled, starved of disk or
+stopped by a signal. Every test uses the real CLI in a subprocess and asserts the guarantees: a
+one-line error (never a traceback), nothing lost or damaged, and a resume that continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import run_cli
+
+from shoshin.config import load_config
+from shoshin.runs.lock import is_locked
+from shoshin.training.trainer import train
+
+QUICK = [
+    "train.sample_tokens=0",
+    "train.calibrate=false",
+    "train.log_interval=5",
+    "train.eval_interval=50",
+    "train.eval_iters=2",
+]
+
+
+def _env(runs: Path, **extra: str) -> dict:
+    return {**os.environ, "SHOSHIN_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _start(args: list[str], runs: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shoshin", *args],
+        env=_env(runs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert lines and lines[-1].startswith("error: "), stderr
+    return lines[-1]
+
+
+def _listed_status(runs: Path) -> dict:
+    out = run_cli("runs", "--json", env={"SHOSHIN_RUNS_DIR": str(runs)})
+    assert out.returncode == 0, out.stderr
+    return {r["id"]: r for r in json.loads(out.stdout)}
+
+
+def _short_run(runs: Path, steps: int, max_steps: int, *overrides: str) -> Path:
+    """A run trained in this process to `steps` of `max_steps` (the rest left to a resume)."""
+    config = load_config("tiny", [f"train.max_steps={max_steps}", *QUICK, *overrides])
+    return train(config, runs, log=lambda msg: None, stop_after=steps).path
+
+
+def test_two_resumes_of_one_run_one_writes_the_other_names_it(tmp_path):
+    runs = tmp_path / "runs"
+    run = _short_run(runs, 10, 100_000)  # far more steps than the test waits for
+    assert _listed_status(runs)[run.name]["status"] == "completed"  # stopped at 10 on purpose
+    procs = [_start(["train", "--resume", run.name], runs) for _ in range(2)]
+    try:
+        # The one that did not get the lock says so and stops; the other keeps training.
+        _wait_for(lambda: any(p.poll() is not None for p in procs), what="the refused resume")
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        assert loser.returncode == 2
+        error = _one_line_error(loser.communicate()[1])
+        assert f"PID {winner.pid} on host {socket.gethostname()}" in error
+        assert winner.poll() is None
+        # The resume recorded its own process, so `runs` and `show` see it live, not "died".
+        _wait_for(lambda: _manifest(run)["pid"] == winner.pid, what="the resume's record")
+        manifest = _manifest(run)
+        assert manifest["status"] == "running" and manifest["end_time"] is None
+        assert manifest["hostname"] == socket.gethostname() and manifest["heartbeat"]
+        assert _listed_status(runs)[run.name]["status"] == "running"
+        shown = run_cli("show", run.name, env={"SHOSHIN_RUNS_DIR": str(runs)})
+        assert "status    running" in shown.stdout
+        assert is_locked(run)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.communicate()
+    steps = [r["step"] for r in _metrics(run) if r["step"] > 10]
+    assert steps == sorted(set(steps)), steps  # strictly increasing: one writer
+    assert [r["step"] for r in _manifest(run)["resumed"]] == [10]
+    assert is_locked(run) is False  # kill -9 leaves no stale lock
+    assert _listed_status(runs)[run.name]["status"] == "died"

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 from shoshin.config import load_config
@@ -112,3 +113,50 @@ def test_two_resumes_of_one_run_one_writes_the_other_names_it(tmp_path):
     assert [r["step"] for r in _manifest(run)["resumed"]] == [10]
     assert is_locked(run) is False  # kill -9 leaves no stale lock
     assert _listed_status(runs)[run.name]["status"] == "died"
+
+
+def test_resume_removes_what_a_kill_during_a_checkpoint_write_left(tmp_path):
+    from shoshin.runs.store import Run
+    from shoshin.training.trainer import resume
+
+    run = _short_run(tmp_path / "runs", 5, 10)
+    ckpts = run / "checkpoints"
+    unfinished = ckpts / ".step-0000006.k1ll3d"  # as save_checkpoint names its temporary folder
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"\0" * 1000)
+    (ckpts / ".index.json.x1.tmp").write_text("{")
+    (run / ".manifest.json.x2.tmp").write_text("{")
+    logs: list[str] = []
+    resume(Run(run), log=logs.append)
+    assert not list(run.glob(".*.tmp")) and not list(ckpts.glob(".*"))
+    assert any("removed 3 unfinished file(s)" in line for line in logs), logs
+    assert _manifest(run)["status"] == "completed" and _manifest(run)["steps"] == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_moment_then_resume_continues_exactly(tmp_path, seed):
+    """Checkpoints at every step, so a random kill often lands inside a checkpoint write."""
+    import random
+
+    args = ["train", "tiny", "train.max_steps=40", "train.checkpoint_interval=1"]
+    args += [*QUICK, "train.log_interval=1", "train.eval_interval=10", "model.dropout=0.1"]
+    straight = _start(args, tmp_path / "a")
+    assert straight.wait(timeout=300) == 0, straight.communicate()[1]
+    reference = _metrics(next((tmp_path / "a").iterdir()))
+
+    proc = _start(args, tmp_path / "b")
+    runs = tmp_path / "b"
+    _wait_for(lambda: list(runs.glob("*/checkpoints/step-*")), what="a first checkpoint")
+    time.sleep(random.Random(seed).uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    run = next(runs.iterdir())
+    resumed = run_cli("train", "--resume", run.name, env={"SHOSHIN_RUNS_DIR": str(runs)})
+    assert resumed.returncode == 0, resumed.stderr
+    keys = ("step", "train_loss", "val_loss", "lr")
+    assert [{k: r.get(k) for k in keys} for r in _metrics(run)] == [
+        {k: r.get(k) for k in keys} for r in reference
+    ]
+    assert _manifest(run)["status"] == "completed"
+    assert not list(run.glob("**/.*.tmp")) and not list(run.glob("checkpoints/.step-*"))

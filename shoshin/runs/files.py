@@ -26,6 +26,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(folder: Path) -> list[str]:
+    """Delete the temp files of atomic writes in `folder` that a killed process left behind.
+
+    Call it only while no other process can be writing there (the run's writer holds the run
+    lock). Returns the names removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -119,6 +119,26 @@ def save_checkpoint(
     return final
 
 
+def remove_unfinished(ckpt_root: Path) -> list[str]:
+    """Delete what a process killed while writing a checkpoint left behind: `.step-N.XXXX` folders
+    (save_checkpoint's temporary names) and `.NAME.XXXX.tmp` files (atomic writes of index.json).
+
+    Only the run's writer calls this, holding the run lock, so no live process is writing them.
+    Returns the names removed.
+    """
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    removed = []
+    for path in sorted(ckpt_root.glob(".step-*")) + sorted(ckpt_root.glob(".*.tmp")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
 def read_index(ckpt_root: Path) -> dict[str, str]:
     path = Path(ckpt_root) / INDEX
     if not path.exists():

@@ -34,6 +34,7 @@ from shoshin.generation.sample import sample_text
 from shoshin.generation.sampling import SamplingParams
 from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model, count_parameters
+from shoshin.runs.files import remove_temporaries
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
@@ -43,6 +44,7 @@ from shoshin.training.checkpoint import (
     load_model_tensors,
     read_checkpoint,
     read_index,
+    remove_unfinished,
     save_checkpoint,
 )
 from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
@@ -537,6 +539,15 @@ def train(
     return run
 
 
+def _become_writer(run: Run, log) -> None:
+    """Take the run's lock, then clear what a killed writer left half-written (no one else can be
+    writing it now)."""
+    run.take_lock()
+    removed = remove_unfinished(run.path / "checkpoints") + remove_temporaries(run.path)
+    if removed:
+        log(f"removed {len(removed)} unfinished file(s) of a killed process: {', '.join(removed)}")
+
+
 def resume(run: Run, log=print) -> Run:
     """Continue `run` from its latest checkpoint, exactly where it stopped.
 
@@ -544,7 +555,7 @@ def resume(run: Run, log=print) -> Run:
     at once with a one-line error naming the first (under torchrun, rank 0 holds it).
     """
     dist = init_distributed(pick_device(run.config.train.device))
-    dist.from_main(run.take_lock)
+    dist.from_main(lambda: _become_writer(run, log))
     try:
         trainer = Trainer(run.config, run, log=log)
         trainer.load("latest")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
-from shoshin.errors import ShoshinError
+from shoshin.errors import ShoshinError, Terminated
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 
@@ -417,6 +418,12 @@ def cmd_bench_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops a command the way Ctrl-C does (a torchrun worker replaces this handler with
+    its own, see shoshin.training.distributed; `serve` lets uvicorn shut down first)."""
+    raise Terminated
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -666,13 +673,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except ShoshinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)

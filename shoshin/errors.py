@@ -3,3 +3,8 @@
 
 class ShoshinError(Exception):
     """A problem with the user's input (path, corpus, config, run, request), not a bug."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from `kill`, `timeout`, a job scheduler): handled like Ctrl-C, so a training run
+    saves a checkpoint and records `interrupted`; the CLI then exits with 128 + 15."""

@@ -160,3 +160,58 @@ def test_kill_9_at_a_random_moment_then_resume_continues_exactly(tmp_path, seed)
     ]
     assert _manifest(run)["status"] == "completed"
     assert not list(run.glob("**/.*.tmp")) and not list(run.glob("checkpoints/.step-*"))
+
+
+# -- SIGTERM: what `kill`, `timeout` and job schedulers send -----------------------------------
+
+
+def _terminated(proc: subprocess.Popen) -> str:
+    """SIGTERM `proc`; its output, once it exited like Ctrl-C does but with 128 + 15."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Traceback" not in (out or "") + (err or ""), (out, err)
+    return (out or "") + (err or "")
+
+
+def test_sigterm_stops_training_like_ctrl_c(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train", "tiny", "train.max_steps=100000", "train.checkpoint_interval=0", *QUICK]
+    proc = _start([*args, "train.log_interval=1"], runs)
+    _wait_for(lambda: len(list(runs.glob("*/metrics.jsonl"))) == 1, what="the run")
+    run = next(runs.iterdir())
+    _wait_for(lambda: len(_metrics(run)) >= 5, what="five steps")
+    output = _terminated(proc)
+    assert f"resume with: shoshin train --resume {run.name}" in output
+    manifest = _manifest(run)
+    assert manifest["status"] == "interrupted"
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert index["latest"] == f"step-{manifest['steps']:07d}"
+    assert is_locked(run) is False
+
+
+def test_sigterm_ends_serve_sample_and_chat_quietly(trained_runs, tmp_path):
+    run = sorted(trained_runs.iterdir())[0].name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _start(["serve", run, "--port", str(port), "--threads", "1"], trained_runs)
+    _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), what="the server")
+    assert "serving on" in _terminated(server)
+
+    sample = _start(["sample", run, "--max-new-tokens", "10000000"], trained_runs)
+    assert sample.stdout.read(1)  # it is generating
+    _terminated(sample)
+
+    chat = _start(["chat", run], trained_runs, stdin=subprocess.PIPE)
+    assert chat.stdout.readline().startswith("chatting with")  # waiting for the user
+    _terminated(chat)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False

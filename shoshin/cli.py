@@ -2,7 +2,8 @@
 
 Each subcommand is a small function taking the parsed arguments; the work lives in the library and
 the text it prints comes from shoshin.runs.report. A user's mistake ends with a one-line
-`error: ...` and exit status 2, never a traceback.
+`error: ...` and exit status 2, never a traceback; so does a full, read-only or missing disk
+(status 1), and SIGTERM stops a command as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
-from shoshin.errors import ShoshinError, Terminated
+from shoshin.errors import ShoshinError, Terminated, disk_error_line
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 
@@ -687,5 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        line = disk_error_line(exc, str(runs_root(getattr(args, "runs_dir", None))))
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

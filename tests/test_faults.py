@@ -215,3 +215,105 @@ def _answers(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+# -- a full, read-only or missing disk ----------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _limit_file_size(limit: int):
+    """For a child process: files may not grow past `limit` bytes; a write beyond fails (EFBIG)."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the default would kill the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("limit", [1_000, 60_000])
+def test_a_write_the_disk_refuses_is_one_line_and_damages_nothing(tmp_path, limit):
+    """1 kB: even the new run's manifest cannot be written, so no run folder may be left behind.
+    60 kB: the run starts, its first checkpoint fails, and the run is recorded as failed."""
+    runs = tmp_path / "runs"
+    older = _short_run(runs, 5, 5)
+    before = _files(older)
+    proc = _start(["train", "tiny", *QUICK], runs, preexec_fn=_limit_file_size(limit))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = _one_line_error(err)
+    assert "file size limit reached" in line and "--runs-dir" in line, line
+    assert _files(older) == before  # nothing older damaged
+    new = [p for p in runs.iterdir() if p != older]
+    if limit < 10_000:
+        assert new == []
+    else:
+        (run,) = new
+        manifest = _manifest(run)
+        assert manifest["status"] == "failed" and "OSError" in manifest["error"]
+        assert "model.safetensors" in line  # the file the disk refused, named
+        assert not list(run.glob("checkpoints/.step-*"))  # its temporary folder is gone
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 400 kB tmpfs (needs root with CAP_SYS_ADMIN: skipped elsewhere, the test above holds)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_run(small_tmpfs):
+    runs = small_tmpfs / "runs"
+    proc = _start(["train", "tiny", *QUICK, "train.checkpoint_interval=5"], runs)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "no space left" in _one_line_error(err)
+    for run in runs.iterdir():
+        assert (run / "manifest.json").is_file()  # a run folder always has its manifest
+        assert not list(run.glob("checkpoints/.step-*"))
+
+
+def test_a_read_only_runs_dir_is_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if os.geteuid() == 0:  # root writes through chmod; a read-only mount stops it
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(runs)])
+        if made.returncode != 0:
+            pytest.skip("running as root without the right to mount a read-only tmpfs")
+    else:
+        runs.chmod(0o555)
+    try:
+        proc = _start(["train", "tiny", *QUICK], runs)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(runs)], check=True)
+        runs.chmod(0o755)
+    assert proc.returncode == 1, err
+    line = _one_line_error(err)
+    assert str(runs) in line and ("read-only" in line or "permission denied" in line), line
+
+
+def test_a_file_as_runs_dir_is_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    trained = run_cli("train", "tiny", *QUICK, env={"SHOSHIN_RUNS_DIR": str(runs)})
+    assert trained.returncode == 2
+    assert "is a file, not a folder" in _one_line_error(trained.stderr)
+    below = run_cli("train", "tiny", *QUICK, env={"SHOSHIN_RUNS_DIR": str(runs / "sub")})
+    assert below.returncode == 1
+    assert "a file is in the way of a folder" in _one_line_error(below.stderr)
+    assert runs.read_text() == "not a folder"

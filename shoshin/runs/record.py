@@ -23,7 +23,7 @@ from typing import Any
 import pydantic
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_json, atomic_write_text
+from shoshin.runs.files import add_path, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
@@ -398,9 +398,14 @@ def _is_metrics_row(row: Any) -> bool:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    """Add one row to metrics.jsonl."""
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    """Add one row to metrics.jsonl (a row cut short by a full disk is where reading stops)."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        add_path(exc, path)
+        raise
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

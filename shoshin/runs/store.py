@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -98,14 +99,28 @@ class Run:
         write_manifest(self.path, manifest)
         return manifest
 
-    def finish(self, status: str, exc: BaseException | None = None, **results: Any) -> Manifest:
+    def finish(
+        self, status: str, exc: BaseException | None = None, **results: Any
+    ) -> Manifest | None:
         """Record how the run ended, in one rewrite: its status, the end time, `results` (steps,
         losses ...) and, when an exception ended it, the error in one line and the traceback
-        (saved as traceback.txt)."""
+        (saved as traceback.txt).
+
+        When the disk itself fails (full, read-only), what can be recorded is (the manifest is
+        rewritten atomically or not at all) and None is returned: the caller goes on to report
+        the error that ended the run, not this one.
+        """
         if exc is not None:
-            (self.path / TRACEBACK).write_text("".join(traceback.format_exception(exc)))
-            results.update(error=f"{type(exc).__name__}: {exc}", traceback=TRACEBACK)
-        return self.update_manifest(status=status, end_time=now_iso(), **results)
+            results.update(error=f"{type(exc).__name__}: {exc}")
+            try:
+                (self.path / TRACEBACK).write_text("".join(traceback.format_exception(exc)))
+                results.update(traceback=TRACEBACK)
+            except OSError:
+                pass
+        try:
+            return self.update_manifest(status=status, end_time=now_iso(), **results)
+        except OSError:
+            return None
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -132,33 +147,44 @@ def create_run(
     tree, with patches saved under code/), the code fingerprint and the environment. The returned
     run holds its lock: this process is its writer.
     """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ShoshinError(
+            f"runs dir {root} is a file, not a folder; "
+            "choose another with --runs-dir DIR or SHOSHIN_RUNS_DIR"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = config.name or config.model.arch
     run_id = f"{stamp}-{name}-{secrets.token_hex(2)}"
-    path = Path(root) / run_id
+    path = root / run_id
     path.mkdir(parents=True, exist_ok=False)
-    run = Run(path)
-    run.take_lock()
-    save_config(config, path / CONFIG)
-    command = command if command is not None else sys.argv
-    workdir_git, code = code_record(path, config_file_in(command), skip=(Path(root),))
-    manifest = Manifest(
-        id=run_id,
-        name=name,
-        command=list(command),
-        cwd=os.getcwd(),
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        heartbeat=now_iso(),
-        seed=config.train.seed,
-        seeds={"train": config.train.seed, "split": config.data.split_seed},
-        status="running",
-        start_time=now_iso(),
-        git=workdir_git,
-        code=code,
-        environment=environment(),
-    )
-    write_manifest(path, updated(manifest, **(extra or {})))
+    try:
+        run = Run(path)
+        run.take_lock()
+        save_config(config, path / CONFIG)
+        command = command if command is not None else sys.argv
+        workdir_git, code = code_record(path, config_file_in(command), skip=(root,))
+        manifest = Manifest(
+            id=run_id,
+            name=name,
+            command=list(command),
+            cwd=os.getcwd(),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            heartbeat=now_iso(),
+            seed=config.train.seed,
+            seeds={"train": config.train.seed, "split": config.data.split_seed},
+            status="running",
+            start_time=now_iso(),
+            git=workdir_git,
+            code=code,
+            environment=environment(),
+        )
+        write_manifest(path, updated(manifest, **(extra or {})))
+    except BaseException:
+        # A run folder without a manifest is no run: leave nothing half-made (a full disk).
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return run
 
 

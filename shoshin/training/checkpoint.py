@@ -25,7 +25,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_json
+from shoshin.runs.files import add_path, atomic_write_json
 
 INDEX = "index.json"
 
@@ -88,15 +88,19 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+    current = tmp
     try:
-        (tmp / "model.safetensors").write_bytes(save_safetensors(model_tensors(model)))
+        current = tmp / "model.safetensors"
+        current.write_bytes(save_safetensors(model_tensors(model)))
         extra: dict[str, Any] = {}
         trainer_tensors = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
         if optimizer is not None:
             optim_tensors, extra = _optimizer_split(optimizer)
             trainer_tensors.update(optim_tensors)
-        (tmp / "trainer.safetensors").write_bytes(save_safetensors(trainer_tensors))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state, **extra}, indent=2))
+        current = tmp / "trainer.safetensors"
+        current.write_bytes(save_safetensors(trainer_tensors))
+        current = tmp / "state.json"
+        current.write_text(json.dumps({"step": step, **state, **extra}, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -104,8 +108,9 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps the previous checkpoint only
+        add_path(exc, current)
         raise
     index = read_index(ckpt_root)
     index["latest"] = name

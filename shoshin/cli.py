@@ -68,10 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     root = runs_root(args.runs_dir)
     # The config and the run are checked before PyTorch is imported: a mistake fails at once.
     if args.resume:
-        if args.config or args.overrides:
-            raise ShoshinError(
-                "--resume continues a run with its recorded config; drop the CONFIG argument"
-            )
+        changes = _resume_overrides(args)
         run = resolve_run(args.resume, root)
     else:
         config, _ = config_from_args(args)
@@ -80,12 +77,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            resume(run)
+            resume(run, changes=changes)
         else:
             train(config, root, command=command_line(args))
     finally:
         shutdown()  # leave the torchrun process group, if there is one
     return 0
+
+
+RESUME_KEYS = ("train.max_steps", "train.max_minutes")  # the budget: what a resume may change
+
+
+def _resume_overrides(args: argparse.Namespace) -> list[str]:
+    """The `key=value` items given with --resume: only the budget keys, to extend or shorten it."""
+    items = [args.config, *args.overrides] if args.config else list(args.overrides)
+    for item in items:
+        if item.partition("=")[0].strip() not in RESUME_KEYS or "=" not in item:
+            raise ShoshinError(
+                "--resume continues a run with its recorded config; drop the CONFIG argument "
+                f"(only {' and '.join(RESUME_KEYS)} may change, to extend or shorten the run)"
+            )
+    return items
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -437,7 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train an LSTM or GPT from scratch")
     add_config_arguments(p)
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its latest checkpoint "
+        "(with train.max_steps=N / train.max_minutes=M: a new budget)",
+    )
     p.add_argument(
         "--nproc",
         type=int,

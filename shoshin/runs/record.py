@@ -173,6 +173,7 @@ class Resume:
     step: int = 0
     time: str = ""
     code_fingerprint: str | None = None
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # key: [before, after]
 
 
 @dataclass
@@ -253,6 +254,8 @@ class Manifest:
     world_size: int = 1
     # results
     steps: int = 0
+    planned_steps: int | None = None  # train.max_steps
+    stopped_on_budget: bool = False  # train.max_minutes ran out before planned_steps
     elapsed_seconds: float | None = None  # training time, evaluation excluded
     tokens_seen: int = 0
     peak_rss_bytes: int | None = None

@@ -45,6 +45,15 @@ def runs_root(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get("SHOSHIN_RUNS_DIR") or "runs")
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (with --runs-dir where it is needed)."""
+    run_dir = Path(run_dir)
+    where = (
+        "" if run_dir.parent.resolve() == runs_root().resolve() else f" --runs-dir {run_dir.parent}"
+    )
+    return f"shoshin train --resume {run_dir.name}{where}"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

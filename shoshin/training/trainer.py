@@ -18,13 +18,14 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from shoshin.config import Config, save_config
+from shoshin.config import Config, apply_overrides, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
@@ -38,7 +39,8 @@ from shoshin.runs.files import remove_temporaries
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
-from shoshin.runs.store import HEARTBEAT_SECONDS, Run, create_run, now_iso
+from shoshin.runs.report import budget_lines
+from shoshin.runs.store import HEARTBEAT_SECONDS, Run, create_run, now_iso, resume_command
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
@@ -98,6 +100,7 @@ class Progress:
         self.bar = tqdm(
             total=max_steps, initial=step, disable=not self.interactive, dynamic_ncols=True
         )
+        self.deadline: float | None = None  # time.monotonic() when the time budget runs out
 
     def advance(self, loss: float) -> None:
         self.bar.update(1)
@@ -114,13 +117,19 @@ class Progress:
             parts.append(f"lr {row['lr']:.2e}")
         if "tokens_per_sec" in row:
             parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
-            remaining = (self.max_steps - step) * elapsed / max(step, 1)
-            parts.append(f"eta {remaining / 60:.1f} min")
+            parts.append(self._eta((self.max_steps - step) * elapsed / max(step, 1)))
         line = " | ".join(parts)
         if not self.interactive:
             self.log(line)
         elif "val_loss" in row:
             self.bar.write(line)
+
+    def _eta(self, remaining: float) -> str:
+        """The time to the end: to max_steps, or to the time budget when that comes first."""
+        budget = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+        if budget is not None and budget < remaining:
+            return f"eta {budget / 60:.1f} min (time budget; all steps need {remaining / 60:.1f})"
+        return f"eta {remaining / 60:.1f} min"
 
     def close(self) -> None:
         self.bar.close()
@@ -168,6 +177,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_eval_step = -1
         self._last_beat = -math.inf
+        self.stopped_on_budget = False
         # The last state recorded in full (see _commit): what an interrupt keeps.
         self._committed_updates = 0
         self._committed_rng = _capture_rng(self.batch_gen)
@@ -282,6 +292,7 @@ class Trainer:
         self._deadline = (
             time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
         )
+        self.progress.deadline = self._deadline
         self._log_clock = (time.monotonic(), self.step)  # throughput since the last logged row
         self._commit()
 
@@ -292,6 +303,7 @@ class Trainer:
         self.log(
             f"time budget of {self.config.train.max_minutes:g} min reached at step {self.step}"
         )
+        self.stopped_on_budget = True
         return True
 
     def _take_step(self) -> tuple[float, float]:
@@ -398,9 +410,7 @@ class Trainer:
         else:
             self.step = self._latest_checkpoint_step() or 0
         self._finish("interrupted")
-        self.log(
-            f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"
-        )
+        self.log(f"interrupted at step {self.step}; resume with: {resume_command(self.run.path)}")
 
     # -- the record ----------------------------------------------------------------------
 
@@ -461,6 +471,8 @@ class Trainer:
             status,
             exc,
             steps=self.step,
+            planned_steps=self.config.train.max_steps,
+            stopped_on_budget=self.stopped_on_budget,
             elapsed_seconds=round(self.elapsed, 2),
             tokens_seen=self.tokens_seen,
             peak_rss_bytes=peak_resident_bytes(),
@@ -471,12 +483,22 @@ class Trainer:
             self.run.mirror.finish(status)
 
     @rank_zero_only
-    def record_resume(self) -> None:
-        """Note in the manifest that the run continues, from which step, with which code."""
-        self.log(f"resuming run {self.run.id} at step {self.step}")
+    def record_resume(self, changes: dict[str, list[Any]]) -> None:
+        """Note in the manifest that the run continues, from which step, with which code and
+        which change of budget (then saved in its config.yaml too)."""
+        changed = "".join(f"; {k} {old} -> {new}" for k, (old, new) in changes.items())
+        self.log(f"resuming run {self.run.id} at step {self.step}{changed}")
+        if changes:
+            save_config(self.config, self.run.path / "config.yaml")
         # The code may have changed since the run started: record what resumes it.
-        resume = Resume(self.step, now_iso(), code_fingerprint().shoshin_source)
+        resume = Resume(self.step, now_iso(), code_fingerprint().shoshin_source, changes)
         self.run.update_manifest(resumed=[*self.run.manifest.resumed, resume])
+
+    @rank_zero_only
+    def say_if_stopped_on_budget(self) -> None:
+        """The last lines of a run the time budget stopped: steps done of planned, and how to go on."""
+        for line in budget_lines(self.run.path, self.run.manifest, self.config.train.max_minutes):
+            self.log(line)
 
     @rank_zero_only
     def final_sample(self) -> None:
@@ -534,6 +556,7 @@ def train(
             save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
         trainer.fit(stop_after)
         trainer.final_sample()
+        trainer.say_if_stopped_on_budget()
     finally:
         run.release_lock()
     return run
@@ -548,20 +571,45 @@ def _become_writer(run: Run, log) -> None:
         log(f"removed {len(removed)} unfinished file(s) of a killed process: {', '.join(removed)}")
 
 
-def resume(run: Run, log=print) -> Run:
+def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
     """Continue `run` from its latest checkpoint, exactly where it stopped.
 
-    The lock is taken before anything is read or written: a second writer of the same run stops
-    at once with a one-line error naming the first (under torchrun, rank 0 holds it).
+    `changes`: `train.max_steps=N` / `train.max_minutes=M` items, a new budget (see
+    change_budget). The lock is taken before anything is read or written: a second writer of the
+    same run stops at once with a one-line error naming the first (under torchrun, rank 0 holds it).
     """
-    dist = init_distributed(pick_device(run.config.train.device))
+    config = run.config
+    dist = init_distributed(pick_device(config.train.device))
     dist.from_main(lambda: _become_writer(run, log))
     try:
-        trainer = Trainer(run.config, run, log=log)
+        changed = change_budget(config, changes)
+        trainer = Trainer(config, run, log=log)
         trainer.load("latest")
-        trainer.record_resume()
+        if config.train.max_steps < trainer.step:
+            raise ShoshinError(
+                f"train.max_steps={config.train.max_steps} is before the run's step "
+                f"{trainer.step}; give at least {trainer.step}"
+            )
+        trainer.record_resume(changed)
         trainer.fit()
         trainer.final_sample()
+        trainer.say_if_stopped_on_budget()
     finally:
         run.release_lock()
     return run
+
+
+def change_budget(config: Config, changes: Sequence[str]) -> dict[str, list[Any]]:
+    """Apply a resume's new budget to `config`; returns what changed, {key: [before, after]}.
+
+    The learning-rate schedule is the one the run trained with: when max_steps moves, the cosine
+    still reaches min_lr where it did (train.lr_decay_steps keeps the old max_steps), and steps past
+    it train at min_lr, as nanoGPT's lr_decay_iters does. The LR never jumps on a resume.
+    """
+    tc = config.train
+    keys = ("max_steps", "max_minutes", "lr_decay_steps")
+    before = {k: getattr(tc, k) for k in keys}
+    apply_overrides(config, list(changes))
+    if tc.max_steps != before["max_steps"] and not tc.lr_decay_steps:
+        tc.lr_decay_steps = before["max_steps"]
+    return {f"train.{k}": [before[k], getattr(tc, k)] for k in keys if getattr(tc, k) != before[k]}

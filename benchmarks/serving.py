@@ -15,6 +15,7 @@ row), each as a share of the step.
     python benchmarks/serving.py                       # both models, a few minutes on a 2-core CPU
     python benchmarks/serving.py --models tiny --tokens 32   # a quick look
     python benchmarks/serving.py --quantize int8       # the server as `shoshin serve --quantize int8`
+    python benchmarks/serving.py --device cuda --dtype bf16   # on a GPU
 """
 
 from __future__ import annotations
@@ -64,20 +65,23 @@ def tokenizer_for(vocab_size: int) -> CharTokenizer:
     return CharTokenizer(chars, [])
 
 
-def served_model(name: str, dtype: str, quantize: str | None) -> torch.nn.Module:
+def served_model(name: str, device: str, dtype: str, quantize: str | None) -> torch.nn.Module:
     """The model with random weights, prepared as `shoshin serve --dtype/--quantize` prepares it."""
     torch.manual_seed(0)
-    return prepare_for_inference(build_model(model_config(name)), dtype, quantize)
+    model = build_model(model_config(name)).to(device)
+    return prepare_for_inference(model, dtype, quantize)
 
 
-def serve(name: str, port: int, max_batch: int, threads: int, dtype: str, quantize) -> None:
+def serve(
+    name: str, port: int, max_batch: int, threads: int, device: str, dtype: str, quantize
+) -> None:
     """The child process: build the model and serve it until terminated."""
     from shoshin.serving import ServeConfig, create_app
     from shoshin.serving.server import serve as run_server
 
     torch.set_num_threads(threads)
     config = model_config(name)
-    model = served_model(name, dtype, quantize)
+    model = served_model(name, device, dtype, quantize)
     app = create_app(
         model, tokenizer_for(config.vocab_size), name, ServeConfig(max_batch=max_batch)
     )
@@ -136,7 +140,7 @@ def step_profile(name: str, args, rows: int = 16, steps: int = 8) -> dict[str, f
     """The decode loop the server runs (the engine's Batch), no HTTP: seconds per step of a
     `rows`-row batch, split into the model's forward pass, sampling and the rest."""
     torch.set_num_threads(args.threads)
-    model = served_model(name, args.dtype, args.quantize)
+    model = served_model(name, args.device, args.dtype, args.quantize)
     engine = Engine(model)
     batch = engine.new_batch(rows)
     vocab = model.config.vocab_size
@@ -148,10 +152,17 @@ def step_profile(name: str, args, rows: int = 16, steps: int = 8) -> dict[str, f
     batch.add({b: engine.generation(p, params) for b, p in enumerate(prompts)})
     forward = [0.0]  # seconds inside model.forward, summed by the two hooks
     started: list[float] = []
-    pre = model.register_forward_pre_hook(lambda m, a: started.append(time.perf_counter()))
-    post = model.register_forward_hook(
-        lambda m, a, out: forward.__setitem__(0, forward[0] + time.perf_counter() - started[-1])
-    )
+
+    def before(module, inputs) -> None:
+        synchronize(args.device)  # on a GPU, time the forward's kernels, not their launch
+        started.append(time.perf_counter())
+
+    def after(module, inputs, output) -> None:
+        synchronize(args.device)
+        forward[0] += time.perf_counter() - started[-1]
+
+    pre = model.register_forward_pre_hook(before)
+    post = model.register_forward_hook(after)
     try:
         batch.sample()
         batch.advance()  # warm-up
@@ -183,19 +194,27 @@ def decode_ceiling(name: str, args, steps: int = 6) -> dict[int, float]:
     This is what continuous batching can at best turn into aggregate throughput.
     """
     torch.set_num_threads(args.threads)
-    model = served_model(name, args.dtype, args.quantize)
+    model = served_model(name, args.device, args.dtype, args.quantize)
     vocab = model.config.vocab_size
     out = {}
     for batch in (1, 16):
         cache = model.new_cache(batch)
-        model(torch.randint(0, vocab, (batch, args.prompt_len)), cache=cache)
-        tokens = torch.randint(0, vocab, (batch, 1))
+        model(torch.randint(0, vocab, (batch, args.prompt_len), device=args.device), cache=cache)
+        tokens = torch.randint(0, vocab, (batch, 1), device=args.device)
         model(tokens, cache=cache)  # warm-up
+        synchronize(args.device)
         start = time.perf_counter()
         for _ in range(steps):
             model(tokens, cache=cache)
+        synchronize(args.device)
         out[batch] = batch * steps / (time.perf_counter() - start)
     return out
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a timer reads what the device did."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def free_port() -> int:
@@ -208,7 +227,7 @@ def bench_model(name: str, args) -> list[dict]:
     port = free_port()
     child = mp.get_context("spawn").Process(
         target=serve,
-        args=(name, port, args.max_batch, args.threads, args.dtype, args.quantize),
+        args=(name, port, args.max_batch, args.threads, args.device, args.dtype, args.quantize),
         daemon=True,
     )
     child.start()
@@ -238,7 +257,7 @@ def bench_model(name: str, args) -> list[dict]:
     base = rows[0]["tok_s"]
     print(
         f"\n{name}: {args.tokens} tokens per client, {args.prompt_len}-token prompts, "
-        f"max batch {args.max_batch}, {args.threads} torch threads, {args.dtype}"
+        f"max batch {args.max_batch}, {args.threads} torch threads, {args.device} {args.dtype}"
         f"{' + int8' if args.quantize else ''}, best of {args.rounds} rounds"
     )
     print(
@@ -265,6 +284,7 @@ def main() -> None:
         "--rounds", type=int, default=2, help="repeat all client counts; keep the best"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--quantize", default=None, choices=["int8"])
     args = parser.parse_args()

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
+from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError, Terminated, disk_error_line
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
@@ -249,6 +250,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
     model, tok = _load_for_inference(args)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # an invalid byte typed or piped in becomes U+FFFD
     session = ChatSession(Engine(model), tok, system=args.system, params=_sampling_params(args))
     window = session.engine.window
     name = source.id if isinstance(source, Run) else source
@@ -263,11 +266,12 @@ def _load_for_inference(args: argparse.Namespace):
     from shoshin.loading import load
 
     model, tok = load(args.run, args.checkpoint, args.runs_dir)  # a run or an HF checkpoint
-    return prepare_for_inference(model, args.dtype, args.quantize), tok
+    return prepare_for_inference(model, args.dtype, args.quantize, args.device), tok
 
 
 def _add_precision_options(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --quantize, with what is fastest on this CPU (shoshin.generation.precision)."""
+    """--dtype, --quantize (with what is fastest on this CPU: shoshin.generation.precision) and
+    --device."""
     from shoshin.generation.precision import fastest_on_this_cpu
 
     fastest = fastest_on_this_cpu().replace("%", "%%")
@@ -282,6 +286,12 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
         choices=["int8"],
         default=None,
         help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (auto: CUDA when there is a GPU, else CPU)",
     )
 
 
@@ -344,7 +354,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
     )
-    app = load_app(args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize)
+    app = load_app(
+        args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize, args.device
+    )
     serve(app, args.host, args.port)
     return 0
 
@@ -533,9 +545,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
-    p.add_argument("--prompt", default="", help="text to continue (a user message for chat models)")
     p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)"
+        "--prompt",
+        default="",
+        type=clean_text,
+        help="text to continue (a user message for chat models)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        type=clean_text,
+        metavar="TEXT",
+        help="stop before TEXT (repeatable)",
     )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
     p.set_defaults(func=cmd_sample, max_new_tokens=200, temperature=0.8)
@@ -545,7 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run", metavar="RUN", help="run id, prefix, latest, run directory or HF checkpoint"
     )
     p.add_argument(
-        "--system", default=None, help="a system prompt, kept however long the chat gets"
+        "--system",
+        default=None,
+        type=clean_text,
+        help="a system prompt, kept however long the chat gets",
     )
     p.set_defaults(func=cmd_chat, max_new_tokens=256, temperature=0.8)
 
@@ -686,10 +711,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `shoshin ARGV` (default: this process's arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills CONFIG and the overrides at the first positional, so overrides after an
+    # option (`train tiny --runs-dir X key=value`) come back unparsed: they are overrides too.
+    if extra and hasattr(args, "overrides") and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

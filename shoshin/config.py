@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
 
 
@@ -53,12 +55,16 @@ class ModelConfig:
         from shoshin.models import architecture  # the registry of known architectures
 
         architecture(self.arch)
-        if self.arch == "gpt" and (self.n_head < 1 or self.n_embd % self.n_head):
+        if self.arch == "gpt" and self.n_head < 1:
+            raise ShoshinError(f"model.n_head must be at least 1, got {self.n_head}")
+        if self.arch == "gpt" and self.n_embd % self.n_head:
             raise ShoshinError(
                 f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ShoshinError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not self.layer_norm_eps > 0:  # LayerNorm divides by sqrt(variance + eps)
+            raise ShoshinError(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
 
 @dataclass
@@ -180,14 +186,17 @@ class Config:
         default_factory=TrackingConfig, metadata={"help": TrackingConfig.__doc__}
     )
 
-    def validate(self) -> Config:
-        """Check every value (choices and minimums from the fields, then each section's rules)."""
+    def validate(self, environment: bool = True) -> Config:
+        """Check every value (choices and minimums from the fields, then each section's rules);
+        `environment=False` skips what depends on this machine (whether MLflow is installed), so
+        that a saved run's config can be read anywhere."""
         for key, annotation, metadata, value in _leaves(self):
             _check_declared(key, annotation, metadata, value)
         self.model.validate()
         self.data.validate()
         self.train.validate()
-        self.tracking.validate()
+        if environment:
+            self.tracking.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +295,7 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
         if path.suffix in (".yaml", ".yml") or path.exists():
             if not path.is_file():
                 raise ShoshinError(f"config file {source} does not exist")
-            data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+            data = _read_yaml(read_text_file(path), str(path))
         else:
             names = preset_names()
             if source not in names:
@@ -320,7 +329,9 @@ def apply_mapping(config: Config, data: dict[str, Any], prefix: str = "") -> Non
     """Set every leaf of a nested mapping onto the config, checking keys and types."""
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
+        # Only a section is descended into: anything else (an unknown key, a mapping given to a
+        # value, a YAML alias that contains itself) ends in set_value's one-line error.
+        if isinstance(value, dict) and any(k.startswith(f"{dotted}.") for k in all_keys()):
             apply_mapping(config, value, prefix=f"{dotted}.")
         else:
             set_value(config, dotted, value)
@@ -362,6 +373,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ShoshinError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if value is None:
@@ -385,5 +398,13 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def read_config(path: Path) -> Config:
-    """Read a config.yaml written by save_config."""
-    return config_from_dict(_read_yaml(path.read_text(encoding="utf-8"), str(path)))
+    """Read a config.yaml written by save_config, checking every value as `load_config` does.
+
+    The file may have been edited or damaged since (a shared run folder is untrusted input): any
+    problem is a one-line error naming the file, before anything is built from it.
+    """
+    data = _read_yaml(read_text_file(path), str(path))
+    try:
+        return config_from_dict(data).validate(environment=False)
+    except ShoshinError as exc:
+        raise ShoshinError(f"{path}: {exc}") from None

@@ -9,8 +9,13 @@ import torch.nn as nn
 from shoshin.data.tokenizers import Tokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model
-from shoshin.runs.store import Run, all_runs, resolve_run, runs_root
-from shoshin.training.checkpoint import checkpoint_path, load_model_tensors, read_checkpoint
+from shoshin.runs.store import CONFIG, Run, all_runs, resolve_run, runs_root
+from shoshin.training.checkpoint import (
+    checkpoint_path,
+    load_model_tensors,
+    read_checkpoint,
+    verify_checkpoint,
+)
 
 
 def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer]:
@@ -21,6 +26,7 @@ def load_run(run: Run, checkpoint: str = "latest") -> tuple[nn.Module, Tokenizer
             f"run {run.id} never got as far as building its model (see: shoshin show {run.id})"
         )
     path = checkpoint_path(run.path / "checkpoints", checkpoint)
+    verify_checkpoint(path, config.model, f"{run.path / CONFIG}")  # before building anything
     model = build_model(config.model)
     load_model_tensors(model, read_checkpoint(path)["model"], str(path))
     model.eval()

@@ -4,6 +4,7 @@ a session-wide pair of tiny trained runs serves the tests that only read runs.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,33 @@ def trained_runs(tmp_path_factory) -> Path:
             config = load_config("tiny", [f"data.source={corpus}", f"train.lr={lr}", *QUICK])
             train(config, root / "runs", log=lambda *a: None)
     return root / "runs"
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_run(tmp_path_factory) -> Path:
+    """A finished 10-step run of the tiny chat GPT with a BPE tokenizer, trained once per session.
+
+    Tests that damage it work on a copy (see copy_run).
+    """
+    root = tmp_path_factory.mktemp("bpe-runs")
+    result = run_cli(
+        "train",
+        "tiny",
+        "data.tokenizer=bpe",
+        "data.vocab_size=300",
+        "train.max_steps=10",
+        "train.eval_iters=1",
+        "train.sample_tokens=0",
+        "train.calibrate=false",
+        "--runs-dir",
+        str(root),
+        env={"SHOSHIN_CACHE_DIR": str(_shared_cache())},
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = root.iterdir()
+    return run
+
+
+def copy_run(run: Path, runs_dir: Path) -> Path:
+    """A copy of `run` under `runs_dir`, to damage without touching the original."""
+    return Path(shutil.copytree(run, runs_dir / run.name))

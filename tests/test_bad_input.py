@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import run_cli
 
 FAST = ["train.max_steps=2", "train.sample_tokens=0", "train.eval_iters=1", "train.calibrate=false"]
@@ -106,6 +107,15 @@ def test_unknown_preset_suggests_close_match():
 
 def test_missing_run():
     assert_user_error(run_cli("sample", "no-such-run"), "'no-such-run' is not a run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_asked_for_without_a_gpu():
+    assert run_cli("train", "tiny", *FAST).returncode == 0
+    for command in ("sample", "chat"):
+        assert_user_error(
+            run_cli(command, "latest", "--device", "cuda", input=""), "--device cuda: no CUDA GPU"
+        )
 
 
 def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):

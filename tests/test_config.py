@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 
 import pytest
@@ -80,3 +81,13 @@ def test_help_lists_the_presets_from_the_preset_folder(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "finetune" in preset_names()
     assert f"a preset ({', '.join(preset_names())})" in text and "shoshin config" in text
+
+
+def test_overrides_may_follow_options(capsys):
+    """`shoshin estimate tiny --json model.n_layer=3`: the override after the option counts."""
+    assert main(["estimate", "tiny", "--calibration-steps", "0", "model.n_layer=3", "--json"]) == 0
+    three = json.loads(capsys.readouterr().out)["params"]
+    assert main(["estimate", "tiny", "--calibration-steps", "0", "--json", "model.n_layer=2"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] < three
+    with pytest.raises(SystemExit):
+        main(["estimate", "tiny", "--json", "not-an-override"])

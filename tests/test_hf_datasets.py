@@ -160,6 +160,42 @@ def test_bad_messages_are_named_by_row(tmp_path):
         load_corpus(f"hf:{tmp_path / 'bad'}")
 
 
+def test_byte_order_marks_are_skipped_in_data_files(tmp_path):
+    """Every Windows editor writes a BOM: the text and CSV readers keep it in the first row."""
+    bom = b"\xef\xbb\xbf"
+    for name, content in [
+        ("a.txt", b"first line\nsecond line\n"),
+        ("b.csv", b"text,n\nfirst line,1\nsecond line,2\n"),
+        ("c.jsonl", b'{"text": "first line"}\n{"text": "second line"}\n'),
+    ]:
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_bytes(bom + content)
+        assert load_corpus(f"hf:{folder}").documents == ["first line", "second line"], name
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_bytes(bom + b"\nonly line\n")  # a BOM alone is blank
+    assert load_corpus(f"hf:{tmp_path / 'blank'}").documents == ["only line"]
+
+
+def test_a_data_file_datasets_cannot_parse_is_named_with_the_reason(tmp_path):
+    (tmp_path / "chat").mkdir()
+    line = json.dumps({"messages": [{"role": "user", "content": "hi \ud800"}]})
+    (tmp_path / "chat" / "a.jsonl").write_text(f"{line}\n" * 2)  # Arrow's JSON reader refuses it
+    with pytest.raises(ShoshinError, match=r"hf:.*chat: .*\(JSON parse error: .*surrogate"):
+        load_corpus(f"hf:{tmp_path / 'chat'}")
+
+
+def test_a_relative_folder_named_like_a_datasets_builder_is_that_folder(tmp_path, monkeypatch):
+    """hf:./csv is the folder csv, not datasets' csv builder reading the current folder."""
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "a.csv").write_text("text\nfrom the folder\n")
+    (tmp_path / "elsewhere.csv").write_text("text\nfrom the current folder\n")
+    monkeypatch.chdir(tmp_path)
+    corpus = load_corpus("hf:./csv")
+    assert corpus.documents == ["from the folder"]
+    assert corpus.origin["path"] == str(tmp_path / "csv")
+
+
 def test_an_offline_hub_id_fails_in_one_line(tmp_path):
     result = run_cli("train", "tiny", "data.source=hf:someone/some-dataset:some-config", *TINY)
     assert result.returncode == 2

@@ -37,7 +37,9 @@ from shoshin.errors import ShoshinError
 from shoshin.models.loss import IGNORE_INDEX
 from shoshin.progress import SlowWork, format_bytes, format_seconds
 
-CACHE_VERSION = 2  # 2: meta.json holds the split digest and the leakage report
+CACHE_VERSION = 3  # 2: meta.json holds the split digest and the leakage report
+# 3: text is tokenized as text (a literal <|end|> is not the special token); BOMs are skipped
+
 # A training split beyond this many bytes of text makes learning BPE merges and the overlap check
 # take a noticeable time: the user is told what is happening.
 NOTICEABLE_BYTES = 1_000_000

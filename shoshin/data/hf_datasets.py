@@ -68,8 +68,10 @@ def load_hf_rows(source: str, split: str, column: str, revision: str) -> tuple[s
                 raise ShoshinError(
                     f"data.hf_revision applies to hub datasets, not to the folder {name}"
                 )
-            dataset = _load_local(datasets, Path(name).expanduser(), split, source)
-            origin["path"] = str(Path(name).expanduser().resolve())
+            # Absolute: load_dataset("csv") would be its csv builder reading the current folder.
+            path = Path(name).expanduser().resolve()
+            dataset = _load_local(datasets, path, split, source)
+            origin["path"] = str(path)
         else:
             repo, _, config = name.partition(":")
             builder = datasets.load_dataset_builder(repo, config or None, revision=revision or None)
@@ -99,7 +101,10 @@ def load_hf_rows(source: str, split: str, column: str, revision: str) -> tuple[s
             "(JSON, JSON Lines, Parquet, CSV or text files, or a save_to_disk folder)"
         ) from None
     except Exception as exc:  # datasets' own errors: a bad config or split name, malformed files
-        raise ShoshinError(f"data.source={source}: {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        if exc.__cause__ is not None:  # "An error occurred while generating the dataset": why
+            reason += f" ({_first_line(exc.__cause__)})"
+        raise ShoshinError(f"data.source={source}: {reason}") from None
 
     column = _choose_column(dataset, column, source)
     kind = _column_kind(dataset, column)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoshin.data.text import BOM, clean_text, decode_utf8
 from shoshin.errors import ShoshinError
 
 ROLES = ("system", "user", "assistant")
@@ -66,15 +67,11 @@ def load_corpus(
 
 
 def _read_text(path: Path) -> tuple[str, bytes]:
+    """A source file's text (a leading byte-order mark skipped) and its bytes."""
     data = path.read_bytes()
     if b"\x00" in data:
         raise ShoshinError(f"{path} looks like a binary file, not UTF-8 text")
-    try:
-        return data.decode("utf-8"), data
-    except UnicodeDecodeError as exc:
-        raise ShoshinError(
-            f"{path} is not valid UTF-8 text (bad byte at offset {exc.start})"
-        ) from None
+    return decode_utf8(data, path), data
 
 
 def _load_text_file(path: Path) -> Corpus:
@@ -133,7 +130,8 @@ def _conversation(messages: Any, where: str) -> Conversation:
             raise ShoshinError(
                 f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
             )
-        conversation.append({"role": role, "content": message["content"]})
+        # JSON may escape a lone surrogate ("\ud800"), which is no character: U+FFFD stands in.
+        conversation.append({"role": role, "content": clean_text(message["content"])})
     return conversation
 
 
@@ -149,8 +147,8 @@ def _load_hf(source: str, split: str, column: str, revision: str) -> Corpus:
             documents.append(_conversation(value, where))
         elif not isinstance(value, str):
             raise ShoshinError(f"{where}: column {origin['column']!r} is empty (null)")
-        elif value.strip():
-            documents.append(value)
+        elif (text := value.removeprefix(BOM)).strip():  # Arrow strings hold no surrogates
+            documents.append(text)
     return Corpus(kind, documents, documents_sha256(kind, documents), source, origin)
 
 

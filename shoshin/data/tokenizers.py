@@ -2,6 +2,11 @@
 
 Both map text to a list of ids and back, carry a dict of special tokens (document and chat-role
 markers), and save to / load from a folder as JSON.
+
+`encode` treats its input as text only: a message that contains `<|end|>` or `<|user|>` is encoded
+as those characters, never as the special token, so text cannot inject a role change or end a
+document. Special-token ids are only ever placed by code (see shoshin.data.chat). Text that is not
+valid Unicode (lone surrogates, escaped invalid bytes) is cleaned first, see shoshin.data.text.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
 from shoshin.runs.files import atomic_write_json, atomic_write_text
 
@@ -54,7 +60,7 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         stoi = self.stoi
-        return [stoi[c] for c in text if c in stoi]
+        return [stoi[c] for c in clean_text(text) if c in stoi]
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.itos[i] for i in ids)
@@ -71,6 +77,8 @@ class BpeTokenizer:
 
     def __init__(self, tokenizer):  # a tokenizers.Tokenizer
         self.tok = tokenizer
+        # Split special tokens found in text like any other text (a runtime setting, not saved).
+        self.tok.encode_special_tokens = True
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.special_tokens = {
             t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special
@@ -94,7 +102,7 @@ class BpeTokenizer:
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self.tok.encode(clean_text(text), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)

@@ -58,13 +58,13 @@ class Generation:
     then one per prompt token, when params.prompt_logprobs is set).
     """
 
-    def __init__(self, prompt: Sequence[int], params: SamplingParams, device="cpu"):
+    def __init__(self, prompt: Sequence[int], params: SamplingParams):
         if len(prompt) == 0:
             raise ValueError("every prompt must hold at least one token")
         self.prompt = list(prompt)
         self.params = params
         self.history = TokenHistory(list(prompt), len(prompt))
-        self.generator = make_generator(params.seed, device)
+        self.generator = make_generator(params.seed)
         self.stop_ids = set(params.stop_ids)
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: list[TokenLogprob | None] = []
@@ -311,7 +311,7 @@ class Engine:
 
     def generation(self, prompt: Sequence[int], params: SamplingParams) -> Generation:
         """A Generation of `prompt` ready to join a batch (its parameters checked)."""
-        return Generation(prompt, params.validate(self.vocab_size), self.device)
+        return Generation(prompt, params.validate(self.vocab_size))
 
     def run(self, generations: Sequence[Generation], cache=None) -> Iterator[list[int | None]]:
         """Generate every generation to its end, one row each; yield each step's new tokens (None for

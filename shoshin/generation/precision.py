@@ -200,9 +200,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def prepare_for_inference(
-    model: nn.Module, dtype: str = "fp32", quantize: str | None = None
+    model: nn.Module, dtype: str = "fp32", quantize: str | None = None, device: str | None = None
 ) -> nn.Module:
-    """Ready `model` for generation, in place: eval mode, dtype fp32|bf16, quantize None|int8.
+    """Ready `model` for generation, in place: eval mode, dtype fp32|bf16, quantize None|int8,
+    moved to `device` (auto|cpu|cuda; None leaves it where it is).
 
     Linear layers are replaced by the fastest form for the device and CPU (see the module's
     docstring); the model is then for inference only (a tied lm_head gets its own copy).
@@ -211,6 +212,10 @@ def prepare_for_inference(
         raise ShoshinError(f"dtype must be one of fp32, bf16; got {dtype!r}")
     if quantize not in (None, "none", "int8"):
         raise ShoshinError(f"quantize must be int8 (or none); got {quantize!r}")
+    if device is not None:
+        from shoshin.training.distributed import pick_device
+
+        model.to(pick_device(device, "--device"))
     model.eval()
     model.to(DTYPES[dtype])
     on_cpu = next(model.parameters()).device.type == "cpu"

@@ -261,9 +261,13 @@ def _truncate(z: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor
     return z
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch.Generator seeded with `seed` (a fresh random seed when None); the global RNG is untouched."""
-    generator = torch.Generator(device=device)
+def make_generator(seed: int | None) -> torch.Generator:
+    """A torch.Generator seeded with `seed` (a fresh random seed when None); the global RNG is untouched.
+
+    It lives on the CPU whatever the model's device: sampling draws one uniform number per token
+    from it (then moves it to the logits' device), so a seed gives the same draws on CPU and GPU.
+    """
+    generator = torch.Generator()
     generator.manual_seed(seed if seed is not None else secrets.randbits(63))
     return generator
 
@@ -295,7 +299,7 @@ def naive_generate(
         raise ValueError("prompt_ids must hold at least one token")
     params.validate()
     device = next(model.parameters()).device
-    generator = make_generator(params.seed, device)
+    generator = make_generator(params.seed)
     was_training = model.training
     model.eval()
     window = model.context_window

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from pathlib import Path
 import torch
 
 from shoshin.config import ModelConfig
+from shoshin.data.text import read_text_file
 from shoshin.data.tokenizers import BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import GPT
 from shoshin.runs.provenance import sha256_file
+from shoshin.training.checkpoint import check_weights_fit, weight_shapes
 
 FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}
 # Activation names in config.json -> ours. Beware: GPT-1's "gelu" is the tanh approximation
@@ -34,6 +37,8 @@ GPT1_ACTIVATIONS = {"gelu": "gelu_tanh"}
 CONV1D_WEIGHTS = tuple(
     f"{c}.weight" for c in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 )
+# The top-level modules of our GPT: the tensors of an HF checkpoint that become its parameters.
+GPT_PARTS = ("wte.", "wpe.", "h.", "ln_f.", "lm_head.")
 HUB_ID = re.compile(r"^[A-Za-z][\w.-]*(/[\w.-]+)?$")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 
@@ -134,17 +139,30 @@ def download(repo_id: str) -> Path:
 
 
 def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
-    """Our ModelConfig for a GPT-2 or GPT-1 config.json; refuses variants our GPT does not compute."""
+    """Our ModelConfig for a GPT-2 or GPT-1 config.json; refuses variants our GPT does not compute.
+
+    Every field used is checked (a downloaded config.json is untrusted input); its sizes are
+    checked against the weights later, by read_weights, before a model is built.
+    """
+    if not isinstance(hf, dict):
+        raise ShoshinError(f"{where} must hold a JSON object, not {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ShoshinError(
             f"{where}: model_type {model_type!r} is not supported (shoshin loads gpt2 and openai-gpt checkpoints)"
         )
-    try:
-        n_layer, n_head, n_embd = hf["n_layer"], hf["n_head"], hf["n_embd"]
-        n_positions, vocab_size = hf["n_positions"], hf["vocab_size"]
-    except KeyError as exc:
-        raise ShoshinError(f"{where} is missing the field {exc.args[0]!r}") from None
+    n_layer, n_head, n_embd, n_positions, vocab_size = (
+        _positive_int(hf, key, where)
+        for key in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+    )
+    if n_embd % n_head:
+        raise ShoshinError(f"{where}: n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ShoshinError(f"{where}: layer_norm_epsilon must be a positive number, got {eps!r}")
+    tie = hf.get("tie_word_embeddings", True)
+    if not isinstance(tie, bool):
+        raise ShoshinError(f"{where}: tie_word_embeddings must be true or false, got {tie!r}")
     if model_type == "gpt2":
         name = hf.get("activation_function", "gelu_new")
         activation = GPT2_ACTIVATIONS.get(name)
@@ -162,7 +180,7 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         activation = GPT1_ACTIVATIONS.get(name)
     if activation is None:
         raise ShoshinError(f"{where}: activation {name!r} is not supported")
-    return ModelConfig(
+    config = ModelConfig(
         arch="gpt",
         n_layer=n_layer,
         n_head=n_head,
@@ -172,36 +190,70 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
         bias=True,
         norm="pre" if model_type == "gpt2" else "post",
         activation=activation,
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
+        layer_norm_eps=float(eps),
+        tie_embeddings=tie,
         vocab_size=vocab_size,
     )
+    config.validate()
+    return config
 
 
-def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The tensors of a checkpoint folder and the file they came from; nothing is unpickled."""
+def _positive_int(hf: dict, key: str, where: str) -> int:
+    if key not in hf:
+        raise ShoshinError(f"{where} is missing the field {key!r}")
+    value = hf[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON writes 1e9 as a float
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShoshinError(f"{where}: {key} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def read_weights(
+    folder: Path, config: ModelConfig, described_by: str
+) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a checkpoint folder and the file they came from; nothing is unpickled.
+
+    `config` (read from the file `described_by`) must describe these weights and fit in memory
+    (training.checkpoint.check_weights_fit): safetensors are checked from their headers before their
+    data is read, a pytorch_model.bin right after loading; either way before a model is built.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     binary = folder / "pytorch_model.bin"
+
+    def check(shapes: dict[str, tuple[int, ...]], weights: Path) -> None:
+        check_weights_fit(config, _model_shapes(shapes, config), weights, described_by)
+
     try:
         if single.is_file():
+            check(weight_shapes(single), single)
             return load_file(single), single
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = [folder / name for name in _shard_names(index)]
+            shapes: dict[str, tuple[int, ...]] = {}
+            for shard in shards:
+                if not shard.is_file():
+                    raise ShoshinError(f"checkpoint {folder} is incomplete: missing {shard.name}")
+                shapes.update(weight_shapes(shard))
+            check(shapes, index)
             tensors: dict[str, torch.Tensor] = {}
             for shard in shards:
-                if not (folder / shard).is_file():
-                    raise ShoshinError(f"checkpoint {folder} is incomplete: missing {shard}")
-                tensors.update(load_file(folder / shard))
+                tensors.update(load_file(shard))
             return tensors, index
         if binary.is_file():
             # weights_only: torch's restricted unpickler accepts tensors and plain containers only.
             state = torch.load(binary, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
+            if not isinstance(state, dict) or not all(
+                isinstance(t, torch.Tensor) for t in state.values()
+            ):
                 raise ValueError("not a dict of tensors")
+            check({name: tuple(t.shape) for name, t in state.items()}, binary)
             return state, binary
+    except ShoshinError:
+        raise
     except (SafetensorError, ValueError, RuntimeError, OSError, KeyError) as exc:
         which = next(p for p in (single, index, binary) if p.exists())
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -216,14 +268,49 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     )
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The shard files a model.safetensors.index.json names: plain names in its own folder."""
+    data = json.loads(read_text_file(index))
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")
+        for name in weight_map.values()
+    ):
+        raise ValueError("weight_map must map tensor names to shard files in the same folder")
+    return sorted(set(weight_map.values()))
+
+
+def _our_name(hf_name: str) -> str | None:
+    """The name of an HF GPT-1/GPT-2 tensor in our GPT, or None for a causal-mask buffer."""
+    name = hf_name.removeprefix("transformer.")
+    name = name.replace("tokens_embed.", "wte.").replace("positions_embed.", "wpe.")
+    if name.endswith((".attn.bias", ".attn.masked_bias")):
+        return None  # causal-mask buffers stored by old GPT-2 checkpoints, not weights
+    return name
+
+
+def _model_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> dict:
+    """The tensors that become our GPT's parameters, by our names, with their shapes as our GPT
+    holds them (heads of other tasks, such as GPT2DoubleHeadsModel's multiple_choice_head, are
+    not loaded and not counted)."""
+    out = {}
+    for hf_name, shape in shapes.items():
+        name = _our_name(hf_name)
+        if name is None or not name.startswith(GPT_PARTS):
+            continue
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue  # the same tensor as wte.weight
+        out[name] = tuple(reversed(shape)) if name.endswith(CONV1D_WEIGHTS) else shape
+    return out
+
+
 def hf_to_shoshin(tensors: dict[str, torch.Tensor], model: GPT, where: str) -> None:
     """Rename and transpose HF GPT-1/GPT-2 tensors and load them into `model` (built from the config)."""
     renamed = {}
-    for name, tensor in tensors.items():
-        name = name.removeprefix("transformer.")
-        name = name.replace("tokens_embed.", "wte.").replace("positions_embed.", "wpe.")
-        if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers stored by old GPT-2 checkpoints, not weights
+    for hf_name, tensor in tensors.items():
+        name = _our_name(hf_name)
+        if name is None:
+            continue
         if name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()
         renamed[name] = tensor
@@ -328,11 +415,11 @@ def load_checkpoint(src: str | Path) -> Pretrained:
     if not config_file.is_file():
         raise ShoshinError(f"checkpoint {folder} is incomplete: missing config.json")
     try:
-        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+        hf_config = json.loads(read_text_file(config_file))
     except (OSError, ValueError) as exc:
         raise ShoshinError(f"checkpoint file {config_file} is corrupt ({exc})") from None
     config = model_config_from_hf(hf_config, str(config_file))
-    tensors, weights_file = read_weights(folder)
+    tensors, weights_file = read_weights(folder, config, str(config_file))
     if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         raise ShoshinError(
             f"checkpoint {folder} is incomplete: missing its tokenizer (tokenizer.json, or vocab.json + merges.txt)"

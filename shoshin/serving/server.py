@@ -33,14 +33,15 @@ def load_app(
     runs_dir: str | None = None,
     dtype: str = "fp32",
     quantize: str | None = None,
+    device: str | None = None,
 ) -> FastAPI:
     """The app serving a run (id, prefix, `latest`, directory) or a checkpoint `shoshin.load` reads,
-    at the precision asked for (see shoshin.generation.precision)."""
+    at the precision asked for (see shoshin.generation.precision), on `device` (auto|cpu|cuda)."""
     from shoshin.generation.precision import prepare_for_inference
     from shoshin.loading import load
 
     model, tokenizer = load(src, checkpoint, runs_dir)
-    model = prepare_for_inference(model, dtype, quantize)
+    model = prepare_for_inference(model, dtype, quantize, device)
     return create_app(model, tokenizer, model_id_for(src, runs_dir), config)
 
 

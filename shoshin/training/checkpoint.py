@@ -7,27 +7,39 @@
 
 A checkpoint folder is written under a temporary name and renamed into place; index.json is then
 replaced atomically, so a crash at any moment leaves the previous checkpoint intact and findable.
+
+Reading treats every file as untrusted (a shared run folder, a downloaded checkpoint): index.json,
+state.json and the tensors are checked before they are used, and the config a model is built from
+is checked against the weights' own shapes and the memory available before anything is allocated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from shoshin.config import ModelConfig
+from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
+from shoshin.models import build_model, count_parameters
 from shoshin.runs.files import add_path, atomic_write_json
 
 INDEX = "index.json"
+STEP_NAME = re.compile(r"step-(\d+)")
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,6 +57,13 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Load weights saved by model_tensors; names missing because they are tied aliases are fine."""
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise ShoshinError(
+                f"checkpoint {where} does not match the model: tensor {name} has shape "
+                f"{tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
+            )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {
         name for name, _ in model.named_parameters()
@@ -56,6 +75,140 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where
         )
 
 
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters of the model `config` describes (tied weights once), without building it.
+
+    Every architecture stacks n_layer identical layers on a fixed embedding and head, so the count
+    is linear in n_layer: a one- and a two-layer model built on the meta device (which allocates
+    nothing) give it for any depth, in milliseconds even where the real model would need terabytes.
+    """
+
+    def count(n_layer: int) -> int:
+        with torch.device("meta"):
+            return count_parameters(build_model(dataclasses.replace(config, n_layer=n_layer)))
+
+    try:
+        one, two = count(1), count(2)
+    except (RuntimeError, OverflowError, TypeError, ValueError):  # beyond what torch can index
+        raise ShoshinError(f"model sizes {_sizes(config)} are beyond any machine") from None
+    return one + (config.n_layer - 1) * (two - one)
+
+
+def check_weights_fit(
+    config: ModelConfig, shapes: Mapping[str, Sequence[int]], weights: Path, described_by: str
+) -> None:
+    """Refuse a config that does not describe these weights, or whose model would not fit in memory.
+
+    `shapes`: the weights' tensor shapes (a safetensors header has them without reading the data);
+    `described_by` names the file `config` came from, for the message. Runs before the model is
+    built: a hostile config (n_layer: 100000) must not cost minutes and gigabytes to be found out.
+    """
+    if config.vocab_size < 1:
+        raise ShoshinError(f"{described_by}: model.vocab_size is not set")
+    expected = parameter_count(config)
+    held = sum(math.prod(shape) for shape in shapes.values())
+    if expected > 2 * held:
+        raise ShoshinError(
+            f"{described_by} does not match the weights in {weights}: it describes a model of "
+            f"{expected:,} parameters ({_sizes(config)}), the weights hold {held:,}"
+        )
+    # Now the model is no bigger than twice the weights, and laying it out on the meta device
+    # costs about what building it will: compare every tensor's name and shape.
+    difference = _first_difference(config, shapes, described_by)
+    if difference:
+        raise ShoshinError(f"checkpoint {weights} {difference}")
+    # float32 parameters, plus the file read next to them.
+    needed = expected * 4 + (weights.stat().st_size if weights.is_file() else 0)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ShoshinError(
+            f"loading {weights} needs about {_bytes(needed)} of memory ({expected:,} "
+            f"parameters); only {_bytes(available)} is available"
+        )
+
+
+def _first_difference(
+    config: ModelConfig, shapes: Mapping[str, Sequence[int]], described_by: str
+) -> str | None:
+    """How the weights differ from the model `config` describes: a missing, extra or misshapen
+    tensor (None if they do not)."""
+    with torch.device("meta"):
+        model = build_model(config)
+    layout = {name: tuple(p.shape) for name, p in model.named_parameters()}  # tied ones once
+    missing = [name for name in layout if name not in shapes]
+    extra = [name for name in shapes if name not in layout]
+    if missing:
+        return (
+            f"is incomplete: missing tensor {_first_of(missing)} of the model "
+            f"{described_by} describes"
+        )
+    if extra:
+        return f"has tensor {_first_of(extra)}, which the model {described_by} describes lacks"
+    for name, shape in layout.items():
+        if tuple(shapes[name]) != shape:
+            return (
+                f"has tensor {name} of shape {tuple(shapes[name])}, "
+                f"but {described_by} implies {shape}"
+            )
+    return None
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _first_of(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def _sizes(config: ModelConfig) -> str:
+    return ", ".join(
+        f"{k}={getattr(config, k)}" for k in ("n_layer", "n_embd", "vocab_size", "block_size")
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still allocate, as far as Linux says; None elsewhere.
+
+    The smaller of the system's MemAvailable and the room left under this container's cgroup limit.
+    """
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        return None
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to respect
+    return min(limits) if limits else None
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, from its header (no data is read)."""
+    if not path.is_file():
+        raise ShoshinError(f"checkpoint file {path} is missing")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ShoshinError(f"checkpoint file {path} is corrupt ({exc})") from None
+
+
+def verify_checkpoint(path: Path, config: ModelConfig, described_by: str) -> None:
+    """Check a checkpoint folder's state.json, and that `config` describes its weights, cheaply:
+    before a trainer builds a model and an optimizer from `config` to resume into."""
+    read_state(path)
+    weights = Path(path) / "model.safetensors"
+    check_weights_fit(config, weight_shapes(weights), weights, described_by)
+
+
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
     tensors = {}
@@ -65,13 +218,62 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": state["param_groups"]}
 
 
-def _optimizer_join(tensors: dict[str, torch.Tensor], groups: dict) -> dict:
+def _optimizer_join(tensors: dict[str, torch.Tensor], groups: list, where: Path) -> dict:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, idx, slot = key.split(".", 2)
+            _, idx, slot = (key.split(".", 2) + ["", ""])[:3]
+            if not idx.isdigit() or not slot:
+                raise ShoshinError(f"checkpoint file {where} is corrupt (tensor name {key!r})")
             state.setdefault(int(idx), {})[slot] = value
-    return {"state": state, "param_groups": groups["param_groups"]}
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, where: str) -> None:
+    """Restore an optimizer from read_checkpoint's `optimizer`, after checking that it fits.
+
+    torch accepts hyper-parameters of any type and moment tensors of any shape, and fails only at
+    the next step; a checkpoint that does not fit this optimizer is refused here instead.
+    """
+    live = optimizer.param_groups
+    groups = saved["param_groups"]
+    if len(groups) != len(live) or any(
+        len(g["params"]) != len(ref["params"]) for g, ref in zip(groups, live, strict=True)
+    ):
+        raise ShoshinError(f"checkpoint {where}: the optimizer state does not match the model")
+    for group, ref in zip(groups, live, strict=True):
+        for key, value in ref.items():
+            if key != "params" and not _same_kind(group.get(key, value), value):
+                raise ShoshinError(
+                    f"checkpoint {where}: optimizer setting {key}={group[key]!r} is not "
+                    f"{type(value).__name__}"
+                )
+    params = [p for ref in live for p in ref["params"]]
+    for idx, slots in saved["state"].items():
+        if idx >= len(params):
+            raise ShoshinError(f"checkpoint {where}: optimizer state for a parameter it lacks")
+        for slot, tensor in slots.items():
+            if tensor.dim() and tensor.shape != params[idx].shape:
+                raise ShoshinError(
+                    f"checkpoint {where}: optimizer {slot} of parameter {idx} has shape "
+                    f"{tuple(tensor.shape)}, the parameter {tuple(params[idx].shape)}"
+                )
+    optimizer.load_state_dict(saved)
+
+
+def _same_kind(value: Any, ref: Any) -> bool:
+    """Whether a saved optimizer setting can stand where `ref` (the live value) stands."""
+    if isinstance(ref, bool) or ref is None:
+        return isinstance(value, bool) or value is None
+    if isinstance(ref, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(ref, (list, tuple)):
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(ref)
+            and all(_same_kind(v, r) for v, r in zip(value, ref, strict=True))
+        )
+    return type(value) is type(ref)
 
 
 def save_checkpoint(
@@ -145,15 +347,20 @@ def remove_unfinished(ckpt_root: Path) -> list[str]:
 
 
 def read_index(ckpt_root: Path) -> dict[str, str]:
+    """index.json: {"latest": "step-N", "best": "step-M"} ({} before the first checkpoint)."""
     path = Path(ckpt_root) / INDEX
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ShoshinError(
-            f"{path} is corrupt; delete it to start the checkpoints afresh"
-        ) from None
+        index = json.loads(read_text_file(path))
+    except (OSError, ValueError, ShoshinError):
+        index = None
+    if not isinstance(index, dict) or not all(
+        key in ("latest", "best") and isinstance(name, str) and STEP_NAME.fullmatch(name)
+        for key, name in index.items()
+    ):
+        raise ShoshinError(f"{path} is corrupt; delete it to start the checkpoints afresh")
+    return index
 
 
 def checkpoint_path(ckpt_root: Path, which: str = "latest") -> Path:
@@ -162,6 +369,11 @@ def checkpoint_path(ckpt_root: Path, which: str = "latest") -> Path:
     if which in ("latest", "best"):
         if which not in index:
             raise ShoshinError(f"no {which} checkpoint in {ckpt_root}")
+        if not (Path(ckpt_root) / index[which]).is_dir():
+            raise ShoshinError(
+                f"{Path(ckpt_root) / INDEX} names {which} checkpoint {index[which]}, "
+                "which is missing"
+            )
         return Path(ckpt_root) / index[which]
     name = (
         which
@@ -187,16 +399,80 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ShoshinError(f"checkpoint file {path} is corrupt ({exc})") from None
 
 
-def read_checkpoint(path: Path, with_trainer: bool = False) -> dict[str, Any]:
-    """Read a checkpoint folder: {'model': tensors, 'state': dict, and with_trainer: 'rng', 'optimizer'}."""
-    path = Path(path)
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: step (matching the folder's step-N name), counters.
+
+    Returns the state with the optional counters filled in (best_val_loss None, elapsed 0.0,
+    tokens_seen 0). A value of the wrong type or range is a one-line error naming the file: a step
+    of -5 would otherwise retrain from scratch over the run's metrics, 1e18 "complete" at once.
+    """
+    file = Path(path) / "state.json"
     try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError):
+        state = json.loads(read_text_file(file))
+    except (OSError, ValueError, ShoshinError):
         raise ShoshinError(f"checkpoint {path} has no readable state.json") from None
+    if not isinstance(state, dict):
+        raise ShoshinError(f"{file} must hold a JSON object, not {type(state).__name__}")
+
+    def bad(key: str, what: str) -> ShoshinError:
+        got = f"got {state[key]!r}" if key in state else "it is missing"
+        return ShoshinError(f"{file}: {key} must be {what}; {got}")
+
+    step = state.get("step")
+    if not _is_int(step) or step < 0:
+        raise bad("step", "a whole number of steps, 0 or more")
+    named = STEP_NAME.fullmatch(Path(path).name)
+    if named and int(named.group(1)) != step:
+        raise bad("step", f"{int(named.group(1))}, the step of its folder {Path(path).name}")
+    best = state.setdefault("best_val_loss", None)
+    if best is not None and not _is_number(best):
+        raise bad("best_val_loss", "a finite number or null")
+    if not _is_number(state.setdefault("elapsed", 0.0)) or state["elapsed"] < 0:
+        raise bad("elapsed", "a number of seconds, 0 or more")
+    if not _is_int(state.setdefault("tokens_seen", 0)) or state["tokens_seen"] < 0:
+        raise bad("tokens_seen", "a whole number, 0 or more")
+    groups = state.get("param_groups")
+    if groups is not None and not (
+        isinstance(groups, list)
+        and all(
+            isinstance(g, dict)
+            and isinstance(g.get("params"), list)
+            and all(_is_int(i) and i >= 0 for i in g["params"])
+            for g in groups
+        )
+    ):
+        raise bad("param_groups", 'a list of {"params": [indices], ...} (optimizer groups)')
+    return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_checkpoint(path: Path, with_trainer: bool = False) -> dict[str, Any]:
+    """A checkpoint folder: {'model': tensors, 'state': dict; with_trainer: 'rng', 'optimizer'}.
+
+    Everything is checked before it is returned: state.json by read_state, the RNG states against
+    the shapes torch expects (model tensors are checked by load_model_tensors).
+    """
+    path = Path(path)
+    state = read_state(path)
     out: dict[str, Any] = {"model": _read_safetensors(path / "model.safetensors"), "state": state}
     if with_trainer:
-        tensors = _read_safetensors(path / "trainer.safetensors")
+        trainer_file = path / "trainer.safetensors"
+        tensors = _read_safetensors(trainer_file)
         out["rng"] = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
-        out["optimizer"] = _optimizer_join(tensors, state) if "param_groups" in state else None
+        expected = {"torch": torch.get_rng_state(), "batches": torch.Generator().get_state()}
+        for name, ref in expected.items():
+            got = out["rng"].get(name)
+            if got is None or got.dtype != ref.dtype or got.shape != ref.shape:
+                raise ShoshinError(f"checkpoint file {trainer_file} has no valid {name} RNG state")
+        groups = state.get("param_groups")
+        out["optimizer"] = (
+            _optimizer_join(tensors, groups, trainer_file) if groups is not None else None
+        )
     return out

@@ -36,12 +36,13 @@ from shoshin.errors import ShoshinError
 T = TypeVar("T")
 
 
-def pick_device(name: str) -> torch.device:
-    """The torch device for train.device: auto (CUDA when there is a GPU, else CPU), cpu or cuda."""
+def pick_device(name: str, option: str = "train.device") -> torch.device:
+    """The torch device for `option` (train.device, --device): auto (CUDA when there is a GPU,
+    else CPU), cpu or cuda."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ShoshinError("train.device=cuda but no CUDA GPU is available; use train.device=auto")
+        raise ShoshinError(f"{option} cuda: no CUDA GPU is available here; use auto or cpu")
     return torch.device(name)
 
 

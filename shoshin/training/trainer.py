@@ -40,14 +40,23 @@ from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
 from shoshin.runs.report import budget_lines
-from shoshin.runs.store import HEARTBEAT_SECONDS, Run, create_run, now_iso, resume_command
+from shoshin.runs.store import (
+    CONFIG,
+    HEARTBEAT_SECONDS,
+    Run,
+    create_run,
+    now_iso,
+    resume_command,
+)
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
+    load_optimizer_state,
     read_checkpoint,
     read_index,
     remove_unfinished,
     save_checkpoint,
+    verify_checkpoint,
 )
 from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
@@ -190,7 +199,7 @@ class Trainer:
         ckpt = read_checkpoint(path, with_trainer=True)
         load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
-            self.train_step.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
         _restore_rng(ckpt["rng"], self.batch_gen)
         state = ckpt["state"]
         self.step = state["step"]
@@ -582,6 +591,11 @@ def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
     dist = init_distributed(pick_device(config.train.device))
     dist.from_main(lambda: _become_writer(run, log))
     try:
+        # A damaged or hostile checkpoint is refused before data and a model are built to
+        # resume into.
+        verify_checkpoint(
+            checkpoint_path(run.path / "checkpoints"), config.model, str(run.path / CONFIG)
+        )
         changed = change_budget(config, changes)
         trainer = Trainer(config, run, log=log)
         trainer.load("latest")

@@ -190,6 +190,24 @@ def test_sigterm_stops_training_like_ctrl_c(tmp_path):
     assert is_locked(run) is False
 
 
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_job_reaches_its_workers_and_is_recorded(tmp_path):
+    """`train --nproc 2` passes SIGTERM on to torchrun, which stops the workers with it; rank 0
+    records the stop (as failed: a worker cannot tell a user's SIGTERM from a failed rank's)."""
+    runs = tmp_path / "runs"
+    args = ["train", "--nproc", "2", "tiny", "train.max_steps=100000", "train.batch_size=4"]
+    proc = _start([*args, *QUICK, "train.log_interval=1"], runs)
+    _wait_for(lambda: len(list(runs.glob("*/metrics.jsonl"))) == 1, 180, "the run")
+    run = next(runs.iterdir())
+    _wait_for(lambda: len(_metrics(run)) >= 3, 180, "three steps")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    manifest = _manifest(run)
+    assert manifest["status"] == "failed" and "SIGTERM" in manifest["error"]
+    assert is_locked(run) is False  # every worker is gone
+
+
 def test_sigterm_ends_serve_sample_and_chat_quietly(trained_runs, tmp_path):
     run = sorted(trained_runs.iterdir())[0].name
     with socket.socket() as s:

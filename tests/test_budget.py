@@ -65,8 +65,9 @@ def test_a_budget_stop_says_so_and_resume_takes_only_a_new_budget(tmp_path, caps
     before = (run / "manifest.json").read_bytes()
     assert main(["train", "--resume", run.name, "train.max_steps=90", "model.n_layer=3"]) == 2
     assert "only train.max_steps and train.max_minutes may change" in capsys.readouterr().err
-    assert main(["train", "--resume", run.name, f"train.max_steps={step - 1}"]) == 2
-    assert f"before the run's step {step}" in capsys.readouterr().err
+    if step > 1:  # a very busy machine may have done only one step in the budget
+        assert main(["train", "--resume", run.name, f"train.max_steps={step - 1}"]) == 2
+        assert f"before the run's step {step}" in capsys.readouterr().err
     assert (run / "manifest.json").read_bytes() == before
 
 

@@ -152,8 +152,8 @@ def test_kill_9_at_a_random_moment_then_resume_continues_exactly(tmp_path, seed)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     run = next(runs.iterdir())
-    resumed = run_cli("train", "--resume", run.name, env={"SHOSHIN_RUNS_DIR": str(runs)})
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = _start(["train", "--resume", run.name], runs)  # the same thread count
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
     keys = ("step", "train_loss", "val_loss", "lr")
     assert [{k: r.get(k) for k in keys} for r in _metrics(run)] == [
         {k: r.get(k) for k in keys} for r in reference

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 from typing import IO
 
@@ -38,8 +39,7 @@ class RunLock:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _holder(handle)
             handle.close()
             raise RunLocked(
                 f"run {Path(run_dir).name} is being written by {holder}; "
@@ -54,7 +54,20 @@ class RunLock:
         return cls(handle)
 
     def release(self) -> None:
+        self._handle.truncate(0)  # the next writer's error must not name this process
         self._handle.close()
+
+
+def _holder(handle: IO[str]) -> str:
+    """Who holds the lock, as its file says. The holder writes it right after taking the lock
+    (and a holder that exited cleanly left the file empty): give it a moment to."""
+    for _ in range(40):
+        handle.seek(0)
+        text = handle.read().strip()
+        if text:
+            return text
+        time.sleep(0.025)
+    return "another process"
 
 
 def is_locked(run_dir: Path) -> bool | None:

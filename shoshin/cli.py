@@ -2,19 +2,21 @@
 
 Each subcommand is a small function taking the parsed arguments; the work lives in the library and
 the text it prints comes from shoshin.runs.report. A user's mistake ends with a one-line
-`error: ...` and exit status 2, never a traceback.
+`error: ...` and exit status 2, never a traceback; so does a full, read-only or missing disk
+(status 1), and SIGTERM stops a command as Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.data.text import clean_text
-from shoshin.errors import ShoshinError
+from shoshin.errors import ShoshinError, Terminated, disk_error_line
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 
@@ -67,10 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     root = runs_root(args.runs_dir)
     # The config and the run are checked before PyTorch is imported: a mistake fails at once.
     if args.resume:
-        if args.config or args.overrides:
-            raise ShoshinError(
-                "--resume continues a run with its recorded config; drop the CONFIG argument"
-            )
+        changes = _resume_overrides(args)
         run = resolve_run(args.resume, root)
     else:
         config, _ = config_from_args(args)
@@ -79,12 +78,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            resume(run)
+            resume(run, changes=changes)
         else:
             train(config, root, command=command_line(args))
     finally:
         shutdown()  # leave the torchrun process group, if there is one
     return 0
+
+
+RESUME_KEYS = ("train.max_steps", "train.max_minutes")  # the budget: what a resume may change
+
+
+def _resume_overrides(args: argparse.Namespace) -> list[str]:
+    """The `key=value` items given with --resume: only the budget keys, to extend or shorten it."""
+    items = [args.config, *args.overrides] if args.config else list(args.overrides)
+    for item in items:
+        if item.partition("=")[0].strip() not in RESUME_KEYS or "=" not in item:
+            raise ShoshinError(
+                "--resume continues a run with its recorded config; drop the CONFIG argument "
+                f"(only {' and '.join(RESUME_KEYS)} may change, to extend or shorten the run)"
+            )
+    return items
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:
@@ -435,6 +449,12 @@ def cmd_bench_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops a command the way Ctrl-C does (a torchrun worker replaces this handler with
+    its own, see shoshin.training.distributed; `serve` lets uvicorn shut down first)."""
+    raise Terminated
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -447,7 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train an LSTM or GPT from scratch")
     add_config_arguments(p)
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN from its latest checkpoint "
+        "(with train.max_steps=N / train.max_minutes=M: a new budget)",
+    )
     p.add_argument(
         "--nproc",
         type=int,
@@ -714,13 +739,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except ShoshinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        line = disk_error_line(exc, str(runs_root(getattr(args, "runs_dir", None))))
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -119,6 +119,12 @@ class TrainConfig:
     lr: float = setting(1e-3, "peak learning rate")
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay", minimum=0)
     warmup_steps: int = setting(100, "steps of linear warmup to lr", minimum=0)
+    lr_decay_steps: int = setting(
+        0,
+        "step where the cosine reaches min_lr, then held there; 0 = max_steps "
+        "(a resume that changes max_steps sets it, so the schedule does not jump)",
+        minimum=0,
+    )
     weight_decay: float = setting(0.1, "AdamW weight decay of the weight matrices", minimum=0)
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.99, "AdamW beta2")
@@ -339,6 +345,11 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
             data = _read_yaml(preset_path(source).read_text("utf-8"), f"preset {source}")
             data.setdefault("name", source)
         apply_mapping(config, data)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Set `key=value` overrides (values read as YAML) on `config`, then validate it."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -196,6 +196,7 @@ def test_ctrl_c_mid_step_before_the_first_checkpoint_resumes_from_the_start(
     index = json.loads((run.path / "checkpoints" / "index.json").read_text())
     assert index["latest"] == "step-0000000"
 
+    run.release_lock()  # as the interrupted process's end would
     resume(Run(run.path), log=lambda _: None)
     keys = ("step", "train_loss", "val_loss", "lr")
     again = Run(run.path).metrics()

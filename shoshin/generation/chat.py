@@ -17,6 +17,7 @@ from typing import TextIO
 
 from shoshin.data.chat import ROLE_TOKENS, is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import ASSISTANT, END, EOT, Tokenizer
+from shoshin.errors import Terminated
 from shoshin.generation.engine import Engine
 from shoshin.generation.sampling import SamplingParams
 from shoshin.generation.streaming import TextStream
@@ -290,6 +291,8 @@ def run_terminal_chat(
         try:
             for piece in session.send(line):
                 say(piece)
+        except Terminated:  # SIGTERM ends the chat; Ctrl-C only stops the reply
+            raise
         except KeyboardInterrupt:
             say(" (interrupted)")
         say("\n")

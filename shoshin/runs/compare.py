@@ -207,7 +207,7 @@ def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
     return {
         "run": run.id,
-        "status": effective_status(m),
+        "status": effective_status(m, run.path),
         "final_val_loss": vals[-1] if vals else None,
         "best_val_loss": min(vals) if vals else None,
         "steps": m.steps or max((r["step"] for r in rows), default=0),

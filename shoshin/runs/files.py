@@ -21,9 +21,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        add_path(exc, path)
         raise
+
+
+def add_path(exc: BaseException, path: Path) -> None:
+    """Make `exc` name `path` if it is an OSError that names no file (a failed write() does not),
+    so the one-line error says which file the disk refused."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
+def remove_temporaries(folder: Path) -> list[str]:
+    """Delete the temp files of atomic writes in `folder` that a killed process left behind.
+
+    Call it only while no other process can be writing there (the run's writer holds the run
+    lock). Returns the names removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def _umask() -> int:

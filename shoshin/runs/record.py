@@ -23,7 +23,7 @@ from typing import Any
 import pydantic
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_json, atomic_write_text
+from shoshin.runs.files import add_path, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
@@ -186,6 +186,7 @@ class Resume:
     step: int = 0
     time: str = ""
     code_fingerprint: str | None = None
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # key: [before, after]
 
 
 @dataclass
@@ -254,6 +255,7 @@ class Manifest:
     # times and status (one of STATUSES)
     status: str = "unknown"
     start_time: str | None = None
+    heartbeat: str | None = None  # last sign of life of the writer (ISO time), see store.py
     end_time: str | None = None
     error: str | None = None
     traceback: str | None = None  # file name in the run directory
@@ -266,6 +268,8 @@ class Manifest:
     world_size: int = 1
     # results
     steps: int = 0
+    planned_steps: int | None = None  # train.max_steps
+    stopped_on_budget: bool = False  # train.max_minutes ran out before planned_steps
     elapsed_seconds: float | None = None  # training time, evaluation excluded
     tokens_seen: int = 0
     peak_rss_bytes: int | None = None
@@ -412,9 +416,14 @@ def _is_metrics_row(row: Any) -> bool:
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    """Add one row to metrics.jsonl."""
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    """Add one row to metrics.jsonl (a row cut short by a full disk is where reading stops)."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        add_path(exc, path)
+        raise
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

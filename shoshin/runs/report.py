@@ -16,7 +16,7 @@ from shoshin.config import Config
 from shoshin.errors import ShoshinError
 from shoshin.evaluation.record import EvalRecord
 from shoshin.runs.record import DamagedRecord, Manifest, manifest_to_dict
-from shoshin.runs.store import TRAINING_KINDS, Run, effective_status, run_kind
+from shoshin.runs.store import TRAINING_KINDS, Run, effective_status, resume_command, run_kind
 
 MAX_DIFF_LINES = 400  # of a code diff in compare's text view; --json has all of it
 
@@ -87,6 +87,8 @@ class RunSummary:
     arch: str | None = None
     params: int | None = None
     steps: int = 0
+    planned_steps: int | None = None
+    stopped_on_budget: bool = False
     best_val_loss: float | None = None
     error: str | None = None
     duration_seconds: float | None = None
@@ -103,13 +105,15 @@ def summarize(run: Run) -> RunSummary:
     return RunSummary(
         id=run.id,
         path=str(run.path),
-        status=effective_status(m),
+        status=effective_status(m, run.path),
         name=m.name,
         kind=run_kind(m),
         reproduction_of=m.reproduction_of,
         arch=m.arch,
         params=m.params,
         steps=m.steps,
+        planned_steps=m.planned_steps,
+        stopped_on_budget=m.stopped_on_budget,
         best_val_loss=m.best_val_loss,
         error=m.error,
         duration_seconds=m.elapsed_seconds,
@@ -131,7 +135,7 @@ def format_runs(summaries: list[RunSummary], latest: str | None = None) -> str:
             f"reproduces {s.reproduction_of}" if s.reproduction_of else s.kind or "-",
             s.arch or "-",
             fmt_params(s.params),
-            str(s.steps),
+            f"{s.steps}/{s.planned_steps} (budget)" if s.stopped_on_budget else str(s.steps),
             _loss(s.best_val_loss),
             s.status,
             fmt_duration(s.duration_seconds),
@@ -158,7 +162,7 @@ def show_json(
 ) -> dict[str, Any]:
     """What `shoshin show --json` prints: the manifest (status as `runs` shows it), config,
     metrics and the run's evaluation records."""
-    manifest = {**manifest_to_dict(m), "status": effective_status(m)}
+    manifest = {**manifest_to_dict(m), "status": effective_status(m, run.path)}
     return {
         "manifest": manifest,
         "config": config.to_dict(),
@@ -172,11 +176,12 @@ def format_show(
 ) -> str:
     """The human-readable `shoshin show`: status, command, model, data, time, code, config,
     evaluations during training and the records of shoshin eval."""
-    status = effective_status(m) + (f" ({m.error})" if m.error else "")
+    status = effective_status(m, run.path) + (f" ({m.error})" if m.error else "")
     lines = [
         f"run       {run.id}",
         f"path      {run.path}",
         f"status    {status}",
+        *(f"budget    {line}" for line in budget_lines(run.path, m, config.train.max_minutes)),
         f"command   {' '.join(m.command)}",
     ]
     kind = run_kind(m)
@@ -241,6 +246,23 @@ def format_show(
         ]
         lines += table(["  record", "checkpoint", "metrics"], rows)
     return "\n".join(lines)
+
+
+def budget_lines(run_dir: Path, m: Manifest, max_minutes: float) -> list[str]:
+    """What a run that stopped on its time budget says (at its end and in `show`): steps done of
+    planned, and the command that continues it; nothing for any other run."""
+    if not m.stopped_on_budget:
+        return []
+    planned = m.planned_steps or m.steps
+    pace = ""
+    if m.elapsed_seconds and m.steps:
+        minutes = m.elapsed_seconds / m.steps * (planned - m.steps) / 60
+        pace = f"; the other {planned - m.steps} take about {minutes:.0f} min at its pace"
+    return [
+        f"stopped on the time budget (train.max_minutes={max_minutes:g}) after {m.steps} of "
+        f"{planned} planned steps: training is not finished{pace}",
+        f"continue it with: {resume_command(run_dir)} train.max_minutes=0  (0: no time budget)",
+    ]
 
 
 def _predicted_vs_actual(m: Manifest) -> list[str]:

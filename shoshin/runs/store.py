@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from shoshin.config import Config, preset_names, preset_path, read_config, save_config
 from shoshin.errors import ShoshinError
+from shoshin.runs.lock import RunLock, is_locked
 from shoshin.runs.provenance import code_record, environment
 from shoshin.runs.record import (
     MANIFEST,
@@ -43,6 +45,15 @@ def runs_root(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get("SHOSHIN_RUNS_DIR") or "runs")
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (with --runs-dir where it is needed)."""
+    run_dir = Path(run_dir)
+    where = (
+        "" if run_dir.parent.resolve() == runs_root().resolve() else f" --runs-dir {run_dir.parent}"
+    )
+    return f"shoshin train --resume {run_dir.name}{where}"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -50,12 +61,28 @@ def now_iso() -> str:
 class Run:
     """One run directory and the files in it (read and written through shoshin.runs.record).
 
-    `mirror` (set while training with tracking.mlflow=true) receives every metrics row too.
+    `mirror` (set while training with tracking.mlflow=true) receives every metrics row too;
+    `lock` is set while this process is the run's writer (see shoshin.runs.lock).
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.mirror: Any = None
+        self.lock: RunLock | None = None
+
+    def take_lock(self) -> None:
+        """Become the run's one writer (RunLocked, naming the holder, if another process is)."""
+        if self.lock is None:
+            self.lock = RunLock.acquire(self.path)
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Rank 0 hands its Run to the other ranks (pickled); the lock stays with rank 0.
+        return {**self.__dict__, "lock": None}
 
     @property
     def id(self) -> str:
@@ -81,14 +108,28 @@ class Run:
         write_manifest(self.path, manifest)
         return manifest
 
-    def finish(self, status: str, exc: BaseException | None = None, **results: Any) -> Manifest:
+    def finish(
+        self, status: str, exc: BaseException | None = None, **results: Any
+    ) -> Manifest | None:
         """Record how the run ended, in one rewrite: its status, the end time, `results` (steps,
         losses ...) and, when an exception ended it, the error in one line and the traceback
-        (saved as traceback.txt)."""
+        (saved as traceback.txt).
+
+        When the disk itself fails (full, read-only), what can be recorded is (the manifest is
+        rewritten atomically or not at all) and None is returned: the caller goes on to report
+        the error that ended the run, not this one.
+        """
         if exc is not None:
-            (self.path / TRACEBACK).write_text("".join(traceback.format_exception(exc)))
-            results.update(error=f"{type(exc).__name__}: {exc}", traceback=TRACEBACK)
-        return self.update_manifest(status=status, end_time=now_iso(), **results)
+            results.update(error=f"{type(exc).__name__}: {exc}")
+            try:
+                (self.path / TRACEBACK).write_text("".join(traceback.format_exception(exc)))
+                results.update(traceback=TRACEBACK)
+            except OSError:
+                pass
+        try:
+            return self.update_manifest(status=status, end_time=now_iso(), **results)
+        except OSError:
+            return None
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -112,33 +153,48 @@ def create_run(
     """Make a new run directory with its config and an initial manifest (plus `extra` fields).
 
     The manifest records the code (git state of the working directory and of shoshin's source
-    tree, with patches saved under code/), the code fingerprint and the environment.
+    tree, with patches saved under code/), the code fingerprint and the environment. The returned
+    run holds its lock: this process is its writer.
     """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ShoshinError(
+            f"runs dir {root} is a file, not a folder; "
+            "choose another with --runs-dir DIR or SHOSHIN_RUNS_DIR"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = config.name or config.model.arch
     run_id = f"{stamp}-{name}-{secrets.token_hex(2)}"
-    path = Path(root) / run_id
+    path = root / run_id
     path.mkdir(parents=True, exist_ok=False)
-    save_config(config, path / CONFIG)
-    command = command if command is not None else sys.argv
-    workdir_git, code = code_record(path, config_file_in(command), skip=(Path(root),))
-    manifest = Manifest(
-        id=run_id,
-        name=name,
-        command=list(command),
-        cwd=os.getcwd(),
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        seed=config.train.seed,
-        seeds={"train": config.train.seed, "split": config.data.split_seed},
-        status="running",
-        start_time=now_iso(),
-        git=workdir_git,
-        code=code,
-        environment=environment(),
-    )
-    write_manifest(path, updated(manifest, **(extra or {})))
-    return Run(path)
+    try:
+        run = Run(path)
+        run.take_lock()
+        save_config(config, path / CONFIG)
+        command = command if command is not None else sys.argv
+        workdir_git, code = code_record(path, config_file_in(command), skip=(root,))
+        manifest = Manifest(
+            id=run_id,
+            name=name,
+            command=list(command),
+            cwd=os.getcwd(),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            heartbeat=now_iso(),
+            seed=config.train.seed,
+            seeds={"train": config.train.seed, "split": config.data.split_seed},
+            status="running",
+            start_time=now_iso(),
+            git=workdir_git,
+            code=code,
+            environment=environment(),
+        )
+        write_manifest(path, updated(manifest, **(extra or {})))
+    except BaseException:
+        # A run folder without a manifest is no run: leave nothing half-made (a full disk).
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return run
 
 
 def config_file_in(command: list[str]) -> Path | None:
@@ -228,12 +284,35 @@ def _readable(run: Run) -> Run:
     return run
 
 
-def effective_status(manifest: Manifest) -> str:
-    """The recorded status, except that a 'running' run whose process is gone on this host is 'died'."""
-    if manifest.status == "running" and manifest.hostname == socket.gethostname():
-        if not _alive(manifest.pid):
-            return "died"
-    return manifest.status
+# A run on another host is taken as live while its heartbeat is younger than this (its lock
+# cannot be asked from here); the trainer beats at least every HEARTBEAT_SECONDS while it trains.
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 600.0
+
+
+def effective_status(manifest: Manifest, run_dir: Path | None = None) -> str:
+    """The recorded status, except that a 'running' run nobody is writing is 'died'.
+
+    On this host a run is live while a process holds its lock (shoshin.runs.lock), or, for a run
+    without a lock file, while its recorded PID is alive; on another host, while its heartbeat is
+    recent.
+    """
+    if manifest.status != "running":
+        return manifest.status
+    if manifest.hostname == socket.gethostname():
+        locked = is_locked(run_dir) if run_dir is not None else None
+        alive = _alive(manifest.pid) if locked is None else locked
+        return "running" if alive else "died"
+    beat = _age_seconds(manifest.heartbeat or manifest.start_time)
+    return "died" if beat is not None and beat > STALE_AFTER_SECONDS else "running"
+
+
+def _age_seconds(iso: str | None) -> float | None:
+    try:
+        then = datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None
+    return None if then is None else (datetime.now(timezone.utc) - then).total_seconds()
 
 
 def _alive(pid: int | None) -> bool:

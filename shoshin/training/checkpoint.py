@@ -38,7 +38,7 @@ from shoshin.config import ModelConfig
 from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model, count_parameters
-from shoshin.runs.files import atomic_write_json
+from shoshin.runs.files import add_path, atomic_write_json
 
 INDEX = "index.json"
 STEP_NAME = re.compile(r"step-(\d+)")
@@ -295,15 +295,19 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+    current = tmp
     try:
-        (tmp / "model.safetensors").write_bytes(save_safetensors(weights))
+        current = tmp / "model.safetensors"
+        current.write_bytes(save_safetensors(weights))
         extra: dict[str, Any] = {}
         trainer_tensors = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
         if optimizer is not None:
             optim_tensors, extra = _optimizer_split(optimizer)
             trainer_tensors.update(optim_tensors)
-        (tmp / "trainer.safetensors").write_bytes(save_safetensors(trainer_tensors))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state, **extra}, indent=2))
+        current = tmp / "trainer.safetensors"
+        current.write_bytes(save_safetensors(trainer_tensors))
+        current = tmp / "state.json"
+        current.write_text(json.dumps({"step": step, **state, **extra}, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -311,8 +315,9 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps the previous checkpoint only
+        add_path(exc, current)
         raise
     index = read_index(ckpt_root)
     index["latest"] = name
@@ -324,6 +329,26 @@ def save_checkpoint(
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_unfinished(ckpt_root: Path) -> list[str]:
+    """Delete what a process killed while writing a checkpoint left behind: `.step-N.XXXX` folders
+    (save_checkpoint's temporary names) and `.NAME.XXXX.tmp` files (atomic writes of index.json).
+
+    Only the run's writer calls this, holding the run lock, so no live process is writing them.
+    Returns the names removed.
+    """
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    removed = []
+    for path in sorted(ckpt_root.glob(".step-*")) + sorted(ckpt_root.glob(".*.tmp")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def read_index(ckpt_root: Path) -> dict[str, str]:

@@ -190,9 +190,13 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     ]
     proc = subprocess.Popen(command)
     # Ctrl-C reaches torchrun and its workers directly (same process group); this process only
-    # waits for them to save and stop, instead of killing torchrun half-way.
+    # waits for them to save and stop, instead of killing torchrun half-way. SIGTERM (kill,
+    # timeout, a scheduler) reaches this process alone: it is passed on to torchrun, which stops
+    # its workers with it, and this process waits for them the same way.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate())
     try:
         return proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

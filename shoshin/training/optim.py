@@ -25,10 +25,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torc
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to cfg.min_lr at max_steps."""
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to cfg.min_lr at
+    lr_decay_steps (max_steps when 0), held at min_lr after it (nanoGPT's lr_decay_iters)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= cfg.max_steps:
+    decay_end = cfg.lr_decay_steps or cfg.max_steps
+    if step >= decay_end:
         return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, decay_end - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

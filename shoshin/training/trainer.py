@@ -18,15 +18,18 @@ base by source and sha256, and resuming loads that base again and refuses a chan
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from shoshin.config import Config, save_config
+from shoshin.config import Config, apply_overrides, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, eval_batches, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
@@ -38,10 +41,19 @@ from shoshin.interop.hf import Pretrained, load_recorded_base
 from shoshin.models import build_model, count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
 from shoshin.models.loss import IGNORE_INDEX
+from shoshin.runs.files import remove_temporaries
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
-from shoshin.runs.store import CONFIG, Run, create_run, now_iso
+from shoshin.runs.report import budget_lines
+from shoshin.runs.store import (
+    CONFIG,
+    HEARTBEAT_SECONDS,
+    Run,
+    create_run,
+    now_iso,
+    resume_command,
+)
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,
@@ -50,6 +62,7 @@ from shoshin.training.checkpoint import (
     read_checkpoint,
     read_index,
     read_state,
+    remove_unfinished,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -105,6 +118,7 @@ class Progress:
         self.bar = tqdm(
             total=max_steps, initial=step, disable=not self.interactive, dynamic_ncols=True
         )
+        self.deadline: float | None = None  # time.monotonic() when the time budget runs out
 
     def advance(self, loss: float) -> None:
         self.bar.update(1)
@@ -121,13 +135,19 @@ class Progress:
             parts.append(f"lr {row['lr']:.2e}")
         if "tokens_per_sec" in row:
             parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
-            remaining = (self.max_steps - step) * elapsed / max(step, 1)
-            parts.append(f"eta {remaining / 60:.1f} min")
+            parts.append(self._eta((self.max_steps - step) * elapsed / max(step, 1)))
         line = " | ".join(parts)
         if not self.interactive:
             self.log(line)
         elif "val_loss" in row:
             self.bar.write(line)
+
+    def _eta(self, remaining: float) -> str:
+        """The time to the end: to max_steps, or to the time budget when that comes first."""
+        budget = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+        if budget is not None and budget < remaining:
+            return f"eta {budget / 60:.1f} min (time budget; all steps need {remaining / 60:.1f})"
+        return f"eta {remaining / 60:.1f} min"
 
     def close(self) -> None:
         self.bar.close()
@@ -175,6 +195,8 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training across resumes (evaluation excluded)
         self.tokens_seen = 0
         self.last_eval_step = -1
+        self._last_beat = -math.inf
+        self.stopped_on_budget = False
         # The last state recorded in full (see _commit): what an interrupt keeps.
         self._committed_updates = 0
         self._committed_rng = _capture_rng(self.batch_gen)
@@ -238,6 +260,7 @@ class Trainer:
             state,
             best=best,
         )
+        self._heartbeat(force=True)
 
     def _latest_checkpoint_step(self) -> int | None:
         latest = read_index(self.run.path / "checkpoints").get("latest")
@@ -320,6 +343,7 @@ class Trainer:
         self._deadline = (
             time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
         )
+        self.progress.deadline = self._deadline
         self._log_clock = (time.monotonic(), self.step)  # throughput since the last logged row
         self._commit()
 
@@ -330,6 +354,7 @@ class Trainer:
         self.log(
             f"time budget of {self.config.train.max_minutes:g} min reached at step {self.step}"
         )
+        self.stopped_on_budget = True
         return True
 
     def _take_step(self) -> tuple[float, float]:
@@ -381,6 +406,22 @@ class Trainer:
         if row:
             self.run.append_metrics({"step": self.step, **row, "elapsed": round(self.elapsed, 3)})
             self.progress.report(self.step, row, self.elapsed)
+            self._heartbeat()
+
+    @rank_zero_only
+    def _heartbeat(self, force: bool = False) -> None:
+        """Tell `shoshin runs` the run is alive and how far it got (at every checkpoint, and with
+        the logged rows at most every HEARTBEAT_SECONDS: each beat rewrites the manifest)."""
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        self.run.update_manifest(
+            heartbeat=now_iso(),
+            steps=self.step,
+            elapsed_seconds=round(self.elapsed, 2),
+            tokens_seen=self.tokens_seen,
+        )
 
     def _checkpoint_if_due(self, improved: bool) -> None:
         tc = self.config.train
@@ -420,9 +461,7 @@ class Trainer:
         else:
             self.step = self._latest_checkpoint_step() or 0
         self._finish("interrupted")
-        self.log(
-            f"interrupted at step {self.step}; resume with: shoshin train --resume {self.run.id}"
-        )
+        self.log(f"interrupted at step {self.step}; resume with: {resume_command(self.run.path)}")
 
     # -- the record ----------------------------------------------------------------------
 
@@ -447,6 +486,13 @@ class Trainer:
             )
         self.run.update_manifest(
             status="running",
+            pid=os.getpid(),  # after a resume: this process, so `shoshin runs` sees it live
+            hostname=socket.gethostname(),
+            heartbeat=now_iso(),
+            steps=self.step,
+            end_time=None,  # a resumed run has not ended (yet): drop how it ended last time
+            error=None,
+            traceback=None,
             estimate=est,
             params=count_parameters(self.model),
             trainable_params=count_trainable(self.model),
@@ -477,6 +523,8 @@ class Trainer:
             status,
             exc,
             steps=self.step,
+            planned_steps=self.config.train.max_steps,
+            stopped_on_budget=self.stopped_on_budget,
             elapsed_seconds=round(self.elapsed, 2),
             tokens_seen=self.tokens_seen,
             peak_rss_bytes=peak_resident_bytes(),
@@ -487,12 +535,22 @@ class Trainer:
             self.run.mirror.finish(status)
 
     @rank_zero_only
-    def record_resume(self) -> None:
-        """Note in the manifest that the run continues, from which step, with which code."""
-        self.log(f"resuming run {self.run.id} at step {self.step}")
+    def record_resume(self, changes: dict[str, list[Any]]) -> None:
+        """Note in the manifest that the run continues, from which step, with which code and
+        which change of budget (then saved in its config.yaml too)."""
+        changed = "".join(f"; {k} {old} -> {new}" for k, (old, new) in changes.items())
+        self.log(f"resuming run {self.run.id} at step {self.step}{changed}")
+        if changes:
+            save_config(self.config, self.run.path / "config.yaml")
         # The code may have changed since the run started: record what resumes it.
-        resume = Resume(self.step, now_iso(), code_fingerprint().shoshin_source)
+        resume = Resume(self.step, now_iso(), code_fingerprint().shoshin_source, changes)
         self.run.update_manifest(resumed=[*self.run.manifest.resumed, resume])
+
+    @rank_zero_only
+    def say_if_stopped_on_budget(self) -> None:
+        """The last lines of a run the time budget stopped: steps done of planned, and how to go on."""
+        for line in budget_lines(self.run.path, self.run.manifest, self.config.train.max_minutes):
+            self.log(line)
 
     @rank_zero_only
     def final_sample(self) -> None:
@@ -531,48 +589,96 @@ def train(
     """Train a new run from `config` (from `init`'s weights when fine-tuning); returns its Run.
 
     `stop_after` ends training at that step with the schedule of the full run (see `reproduce`);
-    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run.
+    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run and
+    holds its lock.
     """
     dist = init_distributed(pick_device(config.train.device))
     run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
-    if dist.is_main:
-        procs = f" ({dist.world_size} processes)" if dist.enabled else ""
-        log(f"run {run.id} -> {run.path}{procs}")
     try:
-        trainer = Trainer(config, run, log=log, init=init)
-    except BaseException as exc:
-        if dist.is_main:  # a run that never started training still says why
-            run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
-        raise
-    if dist.is_main:
-        save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
-    trainer.fit(stop_after)
-    trainer.final_sample()
+        if dist.is_main:
+            procs = f" ({dist.world_size} processes)" if dist.enabled else ""
+            log(f"run {run.id} -> {run.path}{procs}")
+        try:
+            trainer = Trainer(config, run, log=log, init=init)
+        except BaseException as exc:
+            if dist.is_main:  # a run that never started training still says why
+                run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
+            raise
+        if dist.is_main:
+            save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
+        trainer.fit(stop_after)
+        trainer.final_sample()
+        trainer.say_if_stopped_on_budget()
+    finally:
+        run.release_lock()
     return run
 
 
-def resume(run: Run, log=print) -> Run:
+def _become_writer(run: Run, log) -> None:
+    """Take the run's lock, then clear what a killed writer left half-written (no one else can be
+    writing it now)."""
+    run.take_lock()
+    removed = remove_unfinished(run.path / "checkpoints") + remove_temporaries(run.path)
+    if removed:
+        log(f"removed {len(removed)} unfinished file(s) of a killed process: {', '.join(removed)}")
+
+
+def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
     """Continue `run` from its latest checkpoint, exactly where it stopped.
 
+    `changes`: `train.max_steps=N` / `train.max_minutes=M` items, a new budget (see
+    change_budget). The lock is taken before anything is read or written: a second writer of the
+    same run stops at once with a one-line error naming the first (under torchrun, rank 0 holds it).
     A LoRA run's checkpoints hold its adapters only: the base model it recorded is loaded again
     (and refused if its weights changed).
     """
     config = run.config
-    # A damaged or hostile checkpoint is refused before data and a model are built to resume into.
-    path = checkpoint_path(run.path / "checkpoints")
-    init = None
-    if config.lora.rank:
-        base = run.manifest.base_model
-        if base is None:
-            raise ShoshinError(f"LoRA run {run.id} does not record its base model; cannot resume")
-        init = load_recorded_base(base.source, base.path, base.weights_sha256, f"run {run.id}")
-        init.check_describes(config.model, str(run.path / CONFIG))
-        read_state(path)  # the adapters are checked by name and shape as they load
-    else:
-        verify_checkpoint(path, config.model, str(run.path / CONFIG))
-    trainer = Trainer(config, run, log=log, init=init)
-    trainer.load("latest")
-    trainer.record_resume()
-    trainer.fit()
-    trainer.final_sample()
+    dist = init_distributed(pick_device(config.train.device))
+    dist.from_main(lambda: _become_writer(run, log))
+    try:
+        # A damaged or hostile checkpoint is refused before data and a model are built to
+        # resume into.
+        path = checkpoint_path(run.path / "checkpoints")
+        init = None
+        if config.lora.rank:
+            base = run.manifest.base_model
+            if base is None:
+                raise ShoshinError(
+                    f"LoRA run {run.id} does not record its base model; cannot resume"
+                )
+            init = load_recorded_base(base.source, base.path, base.weights_sha256, f"run {run.id}")
+            init.check_describes(config.model, str(run.path / CONFIG))
+            read_state(path)  # the adapters are checked by name and shape as they load
+        else:
+            verify_checkpoint(path, config.model, str(run.path / CONFIG))
+        changed = change_budget(config, changes)
+        trainer = Trainer(config, run, log=log, init=init)
+        trainer.load("latest")
+        if config.train.max_steps < trainer.step:
+            raise ShoshinError(
+                f"train.max_steps={config.train.max_steps} is before the run's step "
+                f"{trainer.step}; give at least {trainer.step}"
+            )
+        trainer.record_resume(changed)
+        trainer.fit()
+        trainer.final_sample()
+        trainer.say_if_stopped_on_budget()
+    finally:
+        run.release_lock()
     return run
+
+
+def change_budget(config: Config, changes: Sequence[str]) -> dict[str, list[Any]]:
+    """Apply a resume's new budget to `config`; returns what changed, {key: [before, after]}.
+
+    The learning-rate schedule is the one the run trained with: when max_steps moves, the cosine
+    still reaches min_lr where it did (train.lr_decay_steps keeps the old max_steps), and steps past
+    it train at min_lr, as nanoGPT's lr_decay_iters does. The LR never jumps on a resume.
+    """
+    tc = config.train
+    keys = ("max_steps", "max_minutes", "lr_decay_steps")
+    before = {k: getattr(tc, k) for k in keys}
+    apply_overrides(config, list(changes))
+    if tc.max_steps != before["max_steps"] and not tc.lr_decay_steps:
+        tc.lr_decay_steps = before["max_steps"]
+    return {f"train.{k}": [before[k], getattr(tc, k)] for k in keys if getattr(tc, k) != before[k]}

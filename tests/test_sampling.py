@@ -138,3 +138,21 @@ def test_penalties_and_bias_change_what_a_looping_model_writes():
     assert (
         engine.generate([1], SamplingParams(40, temperature=0, frequency_penalty=0.5)).count(3) < 25
     )
+
+
+@pytest.mark.parametrize(
+    "extreme, allowed",
+    [
+        (dict(temperature=1e-300), {1}),  # the largest logit, as greedy would
+        (dict(repetition_penalty=5e-324, temperature=0.7), {1, 3}),  # the tokens it favours
+    ],
+)
+def test_overflowing_logits_still_draw_a_defined_token(extreme, allowed):
+    """A legal but extreme temperature or penalty overflows logits to inf: the draw stays defined
+    (the fuzzer found a 500 here) and picks what the option favours."""
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0]])
+    history = TokenHistory([1, 3], 2)
+    for seed in range(8):
+        params = SamplingParams(4, seed=seed, **extreme)
+        token = sample_next(logits, [params], [history], [make_generator(seed)])
+        assert int(token[0]) in allowed

@@ -184,9 +184,16 @@ def sample_next(
     if sampled:
         rows = torch.tensor(sampled, device=x.device)
         z = x if len(sampled) == B else x[rows]
+        # A tiny repetition penalty can overflow a logit to +inf, and a tiny temperature the
+        # others: clamped to finite and shifted so the largest is 0 (softmax does not change),
+        # dividing by the temperature then only sends the others towards -inf, never NaN.
+        finfo = torch.finfo(z.dtype)
+        z = z.clamp(max=finfo.max)
+        z = z - z.max(dim=-1, keepdim=True).values
         temperatures = [params[b].temperature for b in sampled]
         if any(t != 1.0 for t in temperatures):
-            z = z / torch.tensor(temperatures, device=x.device)[:, None]
+            t = torch.tensor(temperatures, device=x.device, dtype=z.dtype).clamp(min=finfo.tiny)
+            z = z / t[:, None]
         z = _truncate(z, [params[b] for b in sampled])
         u = [torch.rand((), generator=generators[b], dtype=torch.float64) for b in sampled]
         tokens[rows] = _inverse_transform(z.softmax(dim=-1), torch.stack(u).to(x.device))

@@ -18,6 +18,7 @@ import pytest
 from conftest import run_cli
 
 from shoshin.config import load_config
+from shoshin.data.tokenizers import load_tokenizer
 from shoshin.runs.lock import is_locked
 from shoshin.runs.record import read_manifest
 from shoshin.runs.store import effective_status
@@ -224,7 +225,10 @@ def test_sigterm_ends_serve_sample_and_chat_quietly(trained_runs, tmp_path):
     _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), what="the server")
     assert "serving on" in _terminated(server)
 
-    sample = _start(["sample", run, "--max-new-tokens", "10000000"], trained_runs)
+    # every special token biased away: the sample cannot end on its own before the signal comes
+    specials = load_tokenizer(trained_runs / run).special_tokens.values()
+    never_stop = [arg for i in specials for arg in ("--logit-bias", f"{i}:-100")]
+    sample = _start(["sample", run, "--max-new-tokens", "10000000", *never_stop], trained_runs)
     assert sample.stdout.read(1)  # it is generating
     _terminated(sample)
 

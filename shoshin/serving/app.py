@@ -31,7 +31,7 @@ from shoshin.data.tokenizers import END, EOT, CharTokenizer, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.chat import chat_template, fit_messages
 from shoshin.generation.engine import TokenLogprob
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.streaming import ReplyText, StreamDecoder, token_bytes, token_text
 from shoshin.serving.batching import BatchScheduler
 from shoshin.serving.schemas import (

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
-from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError, Terminated, disk_error_line
 from shoshin.generation.params import SURFACE_DEFAULTS, SamplingParams, cli_options
 from shoshin.runs.store import all_runs, resolve_run, runs_root
+from shoshin.storage.text import clean_text
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

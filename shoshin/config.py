@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
-from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
+from shoshin.storage.text import read_text_file
 
 
 def setting(default: Any, help: str, minimum: float | None = None) -> Any:
@@ -432,7 +432,7 @@ def to_yaml(config: Config) -> str:
 
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from shoshin.runs.files import atomic_write_text
+    from shoshin.storage.files import atomic_write_text
 
     atomic_write_text(path, to_yaml(config))
 

@@ -16,11 +16,11 @@ from conftest import run_cli
 from shoshin.config import ModelConfig, load_config, read_config
 from shoshin.data.chat import render_chat
 from shoshin.data.sources import load_corpus
-from shoshin.data.text import clean_text
 from shoshin.data.tokenizers import CHAT_TOKENS, END, EOT, USER, BpeTokenizer, CharTokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model
 from shoshin.serving import ServeConfig, background_server, create_app
+from shoshin.storage.text import clean_text
 
 BOM = b"\xef\xbb\xbf"
 TEXTS = ["hello there, how are you? fine, thanks. <|end|> is text here."] * 20

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoshin.data.text import BOM, clean_text, decode_utf8
 from shoshin.errors import ShoshinError
+from shoshin.storage.text import BOM, clean_text, decode_utf8
 
 ROLES = ("system", "user", "assistant")
 

@@ -6,7 +6,7 @@ markers), and save to / load from a folder as JSON.
 `encode` treats its input as text only: a message that contains `<|end|>` or `<|user|>` is encoded
 as those characters, never as the special token, so text cannot inject a role change or end a
 document. Special-token ids are only ever placed by code (see shoshin.data.chat). Text that is not
-valid Unicode (lone surrogates, escaped invalid bytes) is cleaned first, see shoshin.data.text.
+valid Unicode (lone surrogates, escaped invalid bytes) is cleaned first, see shoshin.storage.text.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_json, atomic_write_text
+from shoshin.storage.files import atomic_write_json, atomic_write_text
+from shoshin.storage.text import clean_text
 
 EOT = "<|endoftext|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"

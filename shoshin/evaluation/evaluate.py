@@ -237,7 +237,7 @@ def _task_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _pairwise(subject, against, data, limits, params, prompts, out, command, log):
     from shoshin.evaluation.pairwise import Contestant, compare_pair, to_markdown
-    from shoshin.runs.files import atomic_write_text
+    from shoshin.storage.files import atomic_write_text
 
     docs, source = heldout_documents(subject, data, *limits, log=log)
     result = compare_pair(

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoshin.runs.files import atomic_write_json, atomic_write_text, read_json
+from shoshin.storage.files import atomic_write_json, atomic_write_text, read_json
 
 EVAL_DIR = "eval"
 

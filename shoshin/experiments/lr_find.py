@@ -28,10 +28,10 @@ from shoshin.config import Config, save_config
 from shoshin.data.dataset import check_fits, prepare_data
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model, count_parameters
-from shoshin.runs.files import atomic_write_bytes
 from shoshin.runs.record import DataRecord, LrFindRecord
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, create_run
+from shoshin.storage.files import atomic_write_bytes
 from shoshin.training.distributed import DistContext, pick_device
 from shoshin.training.step import TrainStep
 

@@ -27,10 +27,10 @@ import pydantic
 
 from shoshin.config import load_config
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from shoshin.runs.record import Manifest, MatrixCell
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, readable_runs
+from shoshin.storage.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from shoshin.training.checkpoint import read_index
 from shoshin.training.trainer import resume, train
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from shoshin.config import ModelConfig
-from shoshin.data.text import read_text_file
 from shoshin.data.tokenizers import CHAT_TOKENS, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import GPT
 from shoshin.runs.provenance import sha256_file
+from shoshin.storage.text import read_text_file
 from shoshin.training.checkpoint import check_weights_fit, weight_shapes
 
 FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}

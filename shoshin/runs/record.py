@@ -23,7 +23,7 @@ from typing import Any
 import pydantic
 
 from shoshin.errors import ShoshinError
-from shoshin.runs.files import add_path, atomic_write_json, atomic_write_text
+from shoshin.storage.files import add_path, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"

@@ -35,10 +35,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from shoshin.config import ModelConfig
-from shoshin.data.text import read_text_file
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model, count_parameters
-from shoshin.runs.files import add_path, atomic_write_json
+from shoshin.storage.files import add_path, atomic_write_json
+from shoshin.storage.text import read_text_file
 
 INDEX = "index.json"
 STEP_NAME = re.compile(r"step-(\d+)")

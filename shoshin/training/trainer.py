@@ -41,7 +41,6 @@ from shoshin.interop.hf import Pretrained, load_recorded_base
 from shoshin.models import build_model, count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
 from shoshin.models.loss import IGNORE_INDEX
-from shoshin.runs.files import remove_temporaries
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.record import Resume
@@ -54,6 +53,7 @@ from shoshin.runs.store import (
     now_iso,
     resume_command,
 )
+from shoshin.storage.files import remove_temporaries
 from shoshin.training.checkpoint import (
     checkpoint_path,
     load_model_tensors,

@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,16 +38,19 @@ from pathlib import Path
 import torch
 
 from shoshin.config import ModelConfig, load_config
-from shoshin.generation import Engine, SamplingParams, naive_generate
+from shoshin.device import cpu_features, cpu_has_bf16_matmul
+from shoshin.generation import Engine, SamplingParams
 from shoshin.generation.precision import (
     Int8Linear,
     PackedLinear,
     TransposedLinear,
-    cpu_features,
-    cpu_has_bf16_matmul,
     prepare_for_inference,
 )
 from shoshin.models import GPT
+
+# The naive reference generator lives with the tests, which hold the engine to it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import naive_generate  # noqa: E402
 
 VOCAB = 50257
 RESULTS: list[tuple[str, str, bool | None]] = []  # (target, figure, met) for the summary

@@ -12,7 +12,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.errors import ShoshinError, Terminated, disk_error_line
@@ -166,8 +166,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from shoshin.evaluation.record import read_records
     from shoshin.runs.report import format_show, show_json
+    from shoshin.storage.evaluations import read_records
 
     run = resolve_run(args.run, runs_root(args.runs_dir))
     manifest, config, metrics = run.manifest, run.config, run.metrics()
@@ -230,13 +230,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from shoshin.data.chat import is_chat_tokenizer
-    from shoshin.generation.sample import sample_text
+    from shoshin.generation.continuation import sample_text
 
     model, tok = _load_for_inference(args)
     if not is_chat_tokenizer(tok):
         print(args.prompt, end="", flush=True)
     for piece in sample_text(
-        model, tok, args.prompt, _sampling_params(args), not args.no_cache, args.stop
+        model, tok, args.prompt, _sampling_params(args), args.no_cache, args.stop
     ):
         print(piece, end="", flush=True)
     print()
@@ -245,7 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.generation import Engine
-    from shoshin.generation.chat import ChatSession, run_terminal_chat
+    from shoshin.generation.conversation import ChatSession, run_terminal_chat
     from shoshin.loading import resolve_source
     from shoshin.runs.store import Run
 
@@ -270,18 +270,32 @@ def _load_for_inference(args: argparse.Namespace):
     return prepare_for_inference(model, args.dtype, args.quantize, args.device), tok
 
 
-def _add_precision_options(parser: argparse.ArgumentParser) -> None:
-    """--dtype, --quantize (with what is fastest on this CPU: shoshin.generation.precision) and
-    --device."""
-    from shoshin.generation.precision import fastest_on_this_cpu
+class _Lazy:
+    """A help value computed when the help is shown (argparse fills `%(name)s` with str(value)),
+    so that building the parser does not import PyTorch to describe this CPU."""
 
-    fastest = fastest_on_this_cpu().replace("%", "%%")
-    parser.add_argument(
+    def __init__(self, make: Callable[[], str]):
+        self.make = make
+
+    def __str__(self) -> str:
+        return self.make()
+
+
+def _fastest_on_this_cpu() -> str:
+    from shoshin.device import fastest_on_this_cpu
+
+    return fastest_on_this_cpu()
+
+
+def _add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype, --quantize (with what is fastest on this CPU: shoshin.device) and --device."""
+    dtype = parser.add_argument(
         "--dtype",
         default="fp32",
         choices=["fp32", "bf16"],
-        help=f"weights and activations (fp32 is exact: it equals --no-cache); {fastest}",
+        help="weights and activations (fp32 is exact: the naive reference's tokens); %(fastest)s",
     )
+    dtype.fastest = _Lazy(_fastest_on_this_cpu)
     parser.add_argument(
         "--quantize",
         choices=["int8"],
@@ -568,7 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="stop before TEXT (repeatable)",
     )
-    p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="past a full window, slide it by one token and re-read it at every step, as an "
+        "uncached model would (slow; the default keeps the recent half and goes on)",
+    )
     p.set_defaults(func=cmd_sample, **SURFACE_DEFAULTS["sample"])
 
     p = sub.add_parser("chat", parents=[common, generation], help="multi-turn chat in the terminal")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from shoshin.architectures import architecture
 from shoshin.errors import ShoshinError
 from shoshin.storage.text import read_text_file
 
@@ -34,7 +35,9 @@ def setting(default: Any, help: str, minimum: float | None = None) -> Any:
 class ModelConfig:
     """The network: which architecture and what shape."""
 
-    arch: str = setting("gpt", "architecture, a name in shoshin.models.ARCHITECTURES: gpt or lstm")
+    arch: str = setting(
+        "gpt", "architecture, a name in shoshin.architectures.ARCHITECTURES: gpt or lstm"
+    )
     n_layer: int = setting(4, "Transformer blocks or LSTM layers", minimum=1)
     n_head: int = setting(4, "attention heads (gpt); n_embd must be a multiple of it")
     n_embd: int = setting(128, "width: embedding and hidden size", minimum=1)
@@ -52,9 +55,7 @@ class ModelConfig:
     vocab_size: int = setting(0, "set from the tokenizer when training starts", minimum=0)
 
     def validate(self) -> None:
-        from shoshin.models import architecture  # the registry of known architectures
-
-        architecture(self.arch)
+        architecture(self.arch)  # the registry of known architectures
         if self.arch == "gpt" and self.n_head < 1:
             raise ShoshinError(f"model.n_head must be at least 1, got {self.n_head}")
         if self.arch == "gpt" and self.n_embd % self.n_head:
@@ -231,8 +232,6 @@ class Config:
         self.train.validate()
         self.lora.validate(environment)
         if self.lora.rank:
-            from shoshin.models import architecture
-
             if architecture(self.model.arch).lora_targets is None:
                 raise ShoshinError(f"lora.rank does not apply to model.arch={self.model.arch}")
         if environment:

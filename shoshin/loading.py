@@ -10,12 +10,12 @@ import torch.nn as nn
 from shoshin.data.tokenizers import Tokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model
+from shoshin.models.fit import verify_checkpoint
 from shoshin.runs.store import CONFIG, Run, all_runs, resolve_run, runs_root
-from shoshin.training.checkpoint import (
+from shoshin.storage.checkpoint import (
     checkpoint_path,
     load_model_tensors,
     read_checkpoint,
-    verify_checkpoint,
 )
 
 

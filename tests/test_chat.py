@@ -9,7 +9,7 @@ from conftest import run_cli
 from shoshin.config import ModelConfig
 from shoshin.data.tokenizers import CHAT_TOKENS, EOT, CharTokenizer
 from shoshin.generation import Engine, SamplingParams
-from shoshin.generation.chat import ChatSession, PlainTextTemplate
+from shoshin.generation.conversation import ChatSession, PlainTextTemplate
 from shoshin.models import build_model
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ?!.,'\n"
@@ -155,7 +155,7 @@ def test_chat_with_a_hugging_face_checkpoint_outgrowing_its_window(tmp_path, mak
 
 def test_role_template_renders_like_the_training_data_and_keeps_reply_ids():
     from shoshin.data.chat import render_chat
-    from shoshin.generation.chat import RoleTokenTemplate
+    from shoshin.generation.conversation import RoleTokenTemplate
 
     _, tok = chat_model()
     messages = [
@@ -177,7 +177,7 @@ def test_fifty_seeded_replies_never_show_a_role_token():
     from serving_tiny import tiny_chat_model
 
     from shoshin.data.tokenizers import END
-    from shoshin.generation.sample import sample_text
+    from shoshin.generation.continuation import sample_text
 
     model, tok = tiny_chat_model(steps=300)  # a chat model trained a few hundred steps
     engine = Engine(model)

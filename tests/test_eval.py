@@ -16,13 +16,13 @@ from shoshin.config import ModelConfig
 from shoshin.data.chat import render_chat
 from shoshin.data.dataset import prepare_data
 from shoshin.data.tokenizers import EOT, CharTokenizer
-from shoshin.evaluation.heldout import (
+from shoshin.generation.engine import Engine
+from shoshin.generation.scoring import (
     documents_from_tokens,
     render_document,
     score_documents,
     token_logprobs,
 )
-from shoshin.generation.engine import Engine
 from shoshin.loading import load
 from shoshin.models import build_model
 from shoshin.runs.store import Run

@@ -20,11 +20,12 @@ import torch
 from conftest import _shared_cache, run_cli
 from eval_tiny import GENERATE, QUESTIONS, TEXTS, write_tasks
 from hf_tiny import write_chat
+from reference import naive_generate
 
 from shoshin.data.chat import stop_token_ids
 from shoshin.data.tokenizers import EOT
-from shoshin.generation.chat import chat_template
-from shoshin.generation.sampling import SamplingParams, naive_generate
+from shoshin.generation.conversation import chat_template
+from shoshin.generation.sampling import SamplingParams
 from shoshin.loading import load
 
 pytest.importorskip("lm_eval")

@@ -20,8 +20,8 @@ from conftest import run_cli
 from shoshin.config import load_config
 from shoshin.data.tokenizers import load_tokenizer
 from shoshin.runs.lock import is_locked
-from shoshin.runs.record import read_manifest
 from shoshin.runs.store import effective_status
+from shoshin.storage.manifest import read_manifest
 from shoshin.training.trainer import train
 
 QUICK = [

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import naive_generate
 
 import shoshin
 from shoshin.config import ModelConfig
 from shoshin.data.tokenizers import BpeTokenizer, CharTokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation import Engine, SamplingParams, naive_generate
+from shoshin.generation import Engine, SamplingParams
 from shoshin.generation.precision import prepare_for_inference
 from shoshin.generation.streaming import StopStrings, StreamDecoder, TextStream
 from shoshin.models import build_model
@@ -87,11 +88,14 @@ def test_prefill_projects_only_the_positions_it_samples(kind):
     assert seen[0][1] == 5  # a scoring pass needs every position's logits
 
 
-def test_shoshin_generate_uses_the_engine_or_the_reference():
-    model = tiny_model("gpt-pre")
-    fast = shoshin.generate(model, [5, 6], 50, temperature=0)
-    slow = shoshin.generate(model, [5, 6], 50, temperature=0, use_cache=False)
-    assert fast == slow and len(fast) == 50
+def test_shoshin_generate_uses_the_engine_and_no_cache_slides_like_the_reference():
+    model = tiny_model("gpt-pre", block_size=24)
+    fast = shoshin.generate(model, [5, 6], 60, temperature=0)
+    slow = shoshin.generate(model, [5, 6], 60, temperature=0, use_cache=False)
+    # Both are the engine; past the first overflow (24 tokens) only use_cache=False keeps the
+    # naive reference's one-token slide, so it equals the reference all the way.
+    assert slow == naive_generate(model, [5, 6], SamplingParams(60, temperature=0))
+    assert fast[:23] == slow[:23] and len(fast) == 60
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -21,9 +21,8 @@ import shoshin
 from shoshin.cli import main
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
-from shoshin.models import ARCHITECTURES, build_model, count_parameters
-from shoshin.training import checkpoint
-from shoshin.training.checkpoint import parameter_count
+from shoshin.models import ARCHITECTURES, build_model, count_parameters, fit
+from shoshin.models.fit import parameter_count
 
 # Far below what the hostile configs would allocate (5 GB to terabytes), far above what refusing
 # them takes (a few hundred MB of address space for Python and torch).
@@ -241,7 +240,7 @@ def test_rng_state_of_the_wrong_shape(run, capsys):
 
 def test_a_model_too_big_for_memory_is_refused_before_building(run, monkeypatch):
     # The machine's free memory cannot be made small for a test; the one number it feeds is.
-    monkeypatch.setattr(checkpoint, "available_memory", lambda: 0)
+    monkeypatch.setattr(fit, "available_memory", lambda: 0)
     with pytest.raises(ShoshinError, match=r"needs about \d+ MiB of memory .* only 0 MiB is"):
         shoshin.load(run)
 

@@ -27,7 +27,7 @@ from shoshin.errors import ShoshinError
 from shoshin.interop.export import export
 from shoshin.interop.hf import load_checkpoint
 from shoshin.runs.store import create_run
-from shoshin.training.checkpoint import checkpoint_path
+from shoshin.storage.checkpoint import checkpoint_path
 from shoshin.training.estimate import estimate
 from shoshin.training.finetune import finetune, finetune_config
 from shoshin.training.trainer import Trainer

@@ -12,7 +12,7 @@ import pytest
 from gitrepo import THREADS, TINY
 
 from shoshin.runs.mlflow_sink import flatten, lock_path, provenance_tags
-from shoshin.runs.record import manifest_from_dict
+from shoshin.storage.manifest import manifest_from_dict
 
 
 @pytest.mark.slow

@@ -9,14 +9,14 @@ import pytest
 from conftest import run_cli
 
 from shoshin.cli import main
-from shoshin.runs.record import (
+from shoshin.runs.store import Run
+from shoshin.storage.manifest import (
     DamagedRecord,
     Manifest,
     manifest_to_dict,
     read_manifest,
     read_metrics,
 )
-from shoshin.runs.store import Run
 
 # What a damaged manifest.json can hold, and the reason `shoshin runs` gives for each.
 DAMAGED = {

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from reference import naive_generate
 
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
-from shoshin.generation import Engine, SamplingParams, naive_generate, sample_next
+from shoshin.generation import Engine, SamplingParams, sample_next
 from shoshin.generation.sampling import TokenHistory, make_generator
 from shoshin.models import build_model
 

@@ -19,7 +19,7 @@ from serving_tiny import endless_model, one_torch_thread, tiny_chat_model  # noq
 
 from shoshin.data.chat import render_chat
 from shoshin.generation import SamplingParams
-from shoshin.generation.chat import chat_template, fit_messages
+from shoshin.generation.conversation import chat_template, fit_messages
 from shoshin.serving import BatchScheduler, ServeConfig, background_server, create_app
 
 QUESTIONS = [

@@ -10,12 +10,13 @@ import httpx
 import openai
 import pytest
 import torch
+from reference import naive_generate
 from serving_tiny import one_torch_thread, sharp_chat_model  # noqa: F401
 
 from shoshin.data.chat import stop_token_ids
 from shoshin.data.tokenizers import CharTokenizer
-from shoshin.generation import SamplingParams, naive_generate
-from shoshin.generation.chat import chat_template
+from shoshin.generation import SamplingParams
+from shoshin.generation.conversation import chat_template
 from shoshin.serving import ServeConfig, background_server, create_app
 
 PROMPTS = [

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from shoshin.config import DataConfig
+from shoshin.data import IGNORE_INDEX
 from shoshin.data.chat import render_chat
 from shoshin.data.leakage import dedupe, overlap_report, split_digest
 from shoshin.data.sources import Corpus, load_corpus
@@ -34,7 +35,6 @@ from shoshin.data.tokenizers import (
     train_tokenizer,
 )
 from shoshin.errors import ShoshinError
-from shoshin.models.loss import IGNORE_INDEX
 from shoshin.progress import SlowWork, format_bytes, format_seconds
 
 CACHE_VERSION = 3  # 2: meta.json holds the split digest and the leakage report

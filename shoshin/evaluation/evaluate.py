@@ -1,7 +1,7 @@
 """`shoshin eval`: held-out scores, harness tasks and a pairwise comparison, recorded in the run.
 
-Also the one call the trainer makes at the end of training (`heldout_at_end_of_training`), so the
-numbers logged then are the numbers `shoshin eval RUN` gives for the same checkpoint.
+The held-out scores are `shoshin.generation.scoring`'s, which the trainer also records at the end
+of training, so the numbers logged then are the numbers `shoshin eval RUN` gives.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import torch.nn as nn
 
 from shoshin.data.tokenizers import Tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.evaluation.heldout import (
+from shoshin.generation.scoring import (
     MAX_DOCUMENTS,
     MAX_TOKENS,
     Document,
-    HeldOutScores,
     documents_from_tokens,
+    format_heldout,
+    heldout_record,
     score_documents,
 )
-from shoshin.evaluation.record import EvalRecord, mirror_to_mlflow, write_record
+from shoshin.runs.mlflow_sink import mirror_to_mlflow
 from shoshin.runs.store import Run
+from shoshin.storage.evaluations import EvalRecord, write_record
 
 Log = Callable[[str], None]
 
@@ -43,7 +45,7 @@ class Subject:
 def load_subject(src: str, checkpoint: str = "latest", runs_dir: str | None = None) -> Subject:
     """A run's checkpoint (or a Hugging Face checkpoint folder / hub id), ready to evaluate."""
     from shoshin.loading import load_run, resolve_source
-    from shoshin.training.checkpoint import checkpoint_path
+    from shoshin.storage.checkpoint import checkpoint_path
 
     source = resolve_source(src, runs_dir)
     if isinstance(source, Run):
@@ -86,64 +88,6 @@ def heldout_documents(
     data_ = prepare_data(config, log=log, tokenizer=pretrained)
     docs = documents_from_tokens(data_.tokenizer, data_.val.tokens, limit, max_tokens)
     return docs, f"{len(docs)} validation documents of {config.source}"
-
-
-def heldout_record(
-    scores: HeldOutScores, source: str, checkpoint: str | None, command: Sequence[str]
-) -> EvalRecord:
-    return EvalRecord(
-        name="heldout",
-        kind="heldout",
-        metrics=scores.metrics(),
-        checkpoint=checkpoint,
-        command=list(command),
-        details={"data": source, **scores.to_dict()},
-    )
-
-
-def format_heldout(scores: HeldOutScores, source: str) -> str:
-    """The held-out scores as a few lines of text."""
-    lines = [f"held-out: {source}"]
-    rows = [["role", "loss", "ppl", "bits/byte", "tokens"]]
-    for role, tally in sorted(scores.roles.items()):
-        s = tally.summary()
-        rows.append(
-            [role, *(f"{s[k]:.4f}" if s[k] is not None else "-" for k in ("loss", "ppl", "bits_per_byte")),
-             str(s["tokens"])]
-        )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += [
-        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
-    if scores.kind == "chat":
-        first, later = scores.first_reply_token.summary(), scores.later_reply_tokens.summary()
-        if first["loss"] is not None:
-            later_text = f"{later['loss']:.4f}" if later["loss"] is not None else "-"
-            lines.append(
-                f"  reply tokens: first {first['loss']:.4f}, later {later_text} (loss per token)"
-            )
-    return "\n".join(lines)
-
-
-def heldout_at_end_of_training(model: nn.Module, data: Any, run: Run, log: Log = print) -> None:
-    """Score the first validation documents with the trained model, record `eval/heldout.json`
-    and log the numbers (the trainer's one call; `shoshin eval RUN` gives the same numbers)."""
-    from shoshin.training.checkpoint import read_index
-
-    try:
-        docs = documents_from_tokens(data.tokenizer, data.val.tokens)
-        scores = score_documents(model, data.tokenizer, docs)
-    except ShoshinError as exc:
-        log(f"held-out scores skipped: {exc}")
-        return
-    source = f"{len(docs)} validation documents of {run.config.data.source}"
-    checkpoint = read_index(run.path / "checkpoints").get("latest")
-    path = write_record(run.path, heldout_record(scores, source, checkpoint, ["train"]))
-    log(format_heldout(scores, source))
-    if run.mirror is not None:  # training's own MLflow run is still open
-        row = {f"eval.heldout.{k}": v for k, v in scores.metrics().items()}
-        run.mirror.log_metrics({"step": int(checkpoint.split("-")[1]) if checkpoint else 0, **row})
-        run.mirror.log_artifact(path, "eval")
 
 
 def evaluate(

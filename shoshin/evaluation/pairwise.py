@@ -19,10 +19,10 @@ import torch.nn as nn
 
 from shoshin.data.tokenizers import Tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.evaluation.heldout import HeldOutScores, score_documents
-from shoshin.generation.chat import ChatSession
+from shoshin.generation.conversation import ChatSession
 from shoshin.generation.engine import Engine
 from shoshin.generation.params import SamplingParams
+from shoshin.generation.scoring import HeldOutScores, score_documents
 
 PROMPTS = 20  # conversations whose first reply both models write, by default
 TIE = 1e-6  # log-likelihoods (nats) closer than this are a tie

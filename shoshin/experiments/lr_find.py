@@ -26,13 +26,14 @@ import torch
 
 from shoshin.config import Config, save_config
 from shoshin.data.dataset import check_fits, prepare_data
+from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
 from shoshin.models import build_model, count_parameters
-from shoshin.runs.record import DataRecord, LrFindRecord
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, create_run
 from shoshin.storage.files import atomic_write_bytes
-from shoshin.training.distributed import DistContext, pick_device
+from shoshin.storage.manifest import DataRecord, LrFindRecord
+from shoshin.training.distributed import DistContext
 from shoshin.training.step import TrainStep
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum

@@ -27,11 +27,11 @@ import pydantic
 
 from shoshin.config import load_config
 from shoshin.errors import ShoshinError
-from shoshin.runs.record import Manifest, MatrixCell
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, readable_runs
+from shoshin.storage.checkpoint import read_index
 from shoshin.storage.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from shoshin.training.checkpoint import read_index
+from shoshin.storage.manifest import Manifest, MatrixCell
 from shoshin.training.trainer import resume, train
 
 STATE = "matrix.json"
@@ -163,7 +163,7 @@ def _cell_result(arch: str, data: str, found: tuple[Run, Manifest] | None) -> di
     """One leaderboard row from a cell's run."""
     if found is None:
         raise ShoshinError(f"cell {cell_key(arch, data)} has no run; run the matrix again")
-    from shoshin.evaluation.record import eval_metrics
+    from shoshin.storage.evaluations import eval_metrics
 
     run, m = found
     evals = [r for r in run.metrics() if "val_loss" in r]

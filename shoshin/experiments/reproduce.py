@@ -23,8 +23,8 @@ from shoshin.config import Config
 from shoshin.data.sources import load_corpus
 from shoshin.errors import ShoshinError
 from shoshin.runs.provenance import source_files
-from shoshin.runs.record import Manifest, Reproduction
 from shoshin.runs.store import Run
+from shoshin.storage.manifest import Manifest, Reproduction
 from shoshin.training.finetune import recorded_base
 from shoshin.training.trainer import train
 

@@ -15,8 +15,9 @@ _WHERE = {
     "TokenLogprob": "shoshin.generation.engine",
     "generate": "shoshin.generation.engine",
     "prepare_for_inference": "shoshin.generation.precision",
+    "LanguageModel": "shoshin.generation.contracts",
+    "Cache": "shoshin.generation.contracts",
     "SamplingParams": "shoshin.generation.params",
-    "naive_generate": "shoshin.generation.sampling",
     "sample_next": "shoshin.generation.sampling",
 }
 

@@ -7,8 +7,8 @@ own length, sampling parameters, history and `torch.Generator`, so that a row's 
 on the other rows. Generations join a batch at a step boundary (`Batch.add`: their prompts are
 prefilled, several in one padded pass where the model declares that safe), and every step samples
 one token for each row at once (`Batch.sample`) and feeds them through one forward pass
-(`Batch.advance`). The naive reference (`sampling.naive_generate`) re-runs the whole prefix
-instead; tests hold this engine, and the server built on it, to it token for token.
+(`Batch.advance`). The naive reference (`naive_generate` in `tests/reference.py`) re-runs the whole
+prefix instead; tests hold this engine, and the server built on it, to it token for token.
 
 The full-window rule, the same for every surface. A GPT's learned positions stop at its
 `context_window`, so its window cannot slide one token at a time without recomputing everything.
@@ -28,8 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn as nn
 
+from shoshin.generation.contracts import Cache, LanguageModel
 from shoshin.generation.params import SamplingParams
 from shoshin.generation.sampling import (
     TokenHistory,
@@ -89,7 +89,7 @@ class Batch:
     caller that stops after `sample` loses nothing.
     """
 
-    def __init__(self, engine: Engine, cache):
+    def __init__(self, engine: Engine, cache: Cache):
         self.engine, self.model, self.cache = engine, engine.model, cache
         self.rows: list[Generation | None] = [None] * cache.lengths.numel()
 
@@ -289,7 +289,7 @@ class Engine:
     None for a recurrent model) and `right_padding_safe`.
     """
 
-    def __init__(self, model: nn.Module, overflow_keep: int | None = None):
+    def __init__(self, model: LanguageModel, overflow_keep: int | None = None):
         self.model = model
         self.window: int | None = model.context_window
         self.keep = 0
@@ -301,11 +301,11 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size: int = model.config.vocab_size
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None):
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> Cache:
         """An empty cache for `batch_size` rows, as large as the model's window (or max_len)."""
         return self.model.new_cache(batch_size, max_len)
 
-    def new_batch(self, rows: int, max_len: int | None = None, cache=None) -> Batch:
+    def new_batch(self, rows: int, max_len: int | None = None, cache: Cache | None = None) -> Batch:
         """A Batch of `rows` free rows on a new cache (or on `cache`, e.g. a conversation's)."""
         return Batch(self, cache if cache is not None else self.new_cache(rows, max_len))
 
@@ -313,7 +313,9 @@ class Engine:
         """A Generation of `prompt` ready to join a batch (its parameters checked)."""
         return Generation(prompt, params.validate(self.vocab_size))
 
-    def run(self, generations: Sequence[Generation], cache=None) -> Iterator[list[int | None]]:
+    def run(
+        self, generations: Sequence[Generation], cache: Cache | None = None
+    ) -> Iterator[list[int | None]]:
         """Generate every generation to its end, one row each; yield each step's new tokens (None for
         rows already finished). The generations then hold their tokens, log-probabilities and
         finish reasons. `cache` (one row per generation) may hold the start of their prompts."""
@@ -336,7 +338,10 @@ class Engine:
             self.model.train(was_training)
 
     def complete(
-        self, prompt_ids: Sequence[int], params: SamplingParams | None = None, cache=None
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        cache: Cache | None = None,
     ) -> Generation:
         """The finished Generation continuing prompt_ids: tokens, log-probabilities, finish reason."""
         generation = self.generation(prompt_ids, params or SamplingParams())
@@ -345,13 +350,19 @@ class Engine:
         return generation
 
     def generate(
-        self, prompt_ids: Sequence[int], params: SamplingParams | None = None, cache=None
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        cache: Cache | None = None,
     ) -> list[int]:
         """The new token ids continuing prompt_ids (a stop token included)."""
         return self.complete(prompt_ids, params, cache).tokens
 
     def stream(
-        self, prompt_ids: Sequence[int], params: SamplingParams | None = None, cache=None
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        cache: Cache | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one by one as they are produced.
 
@@ -393,7 +404,7 @@ class Engine:
 
 
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     prompt_ids: Sequence[int],
     max_new_tokens: int | None = None,
     use_cache: bool = True,
@@ -404,14 +415,18 @@ def generate(
 
     Sampling options are SamplingParams fields, given as `params` and/or as keywords:
     `shoshin.generate(model, ids, 100, temperature=0.8, top_k=40, seed=0)`.
-    use_cache=True runs the Engine (KV cache / carried state); use_cache=False runs the naive
-    reference, which re-runs the whole prefix at every step.
+    use_cache=False slides a full window by one token at a time, re-reading it at every step as an
+    uncached model would (`sliding_engine`): slower, and the same tokens as the naive reference.
     """
-    from shoshin.generation.sampling import naive_generate
-
     if max_new_tokens is not None:
         options["max_new_tokens"] = max_new_tokens
     params = replace(params or SamplingParams(), **options)
-    if not use_cache:
-        return naive_generate(model, prompt_ids, params)
-    return Engine(model).generate(prompt_ids, params)
+    engine = Engine(model) if use_cache else sliding_engine(model)
+    return engine.generate(prompt_ids, params)
+
+
+def sliding_engine(model: LanguageModel) -> Engine:
+    """The engine with the naive overflow rule: once the window is full it slides by one token,
+    the cache refilled with the whole window at every step (a model without a window never
+    overflows, so this is the plain engine for it)."""
+    return Engine(model, overflow_keep=model.context_window)

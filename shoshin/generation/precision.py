@@ -22,14 +22,13 @@ row's tokens are the same alone and in a batch.
 
 from __future__ import annotations
 
-import functools
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shoshin.device import cpu_has_bf16_matmul, fbgemm_int8_available, pick_device
 from shoshin.errors import ShoshinError
 
 DTYPES = {
@@ -38,61 +37,6 @@ DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
-
-
-@functools.cache
-def cpu_features() -> dict[str, bool | str]:
-    """What this CPU offers reduced precision: ATen's dispatch level and the matrix instructions
-    that make bf16 and int8 pay (read from PyTorch and /proc/cpuinfo, never assumed)."""
-    flags: set[str] = set()
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "model name" and not model:
-                model = value.strip()
-    except OSError:
-        pass
-    return {
-        "model": model,
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "avx512_bf16": "avx512_bf16" in flags or torch.cpu._is_avx512_bf16_supported(),
-        "amx_bf16": "amx_bf16" in flags or torch.cpu._is_amx_tile_supported(),
-        "amx_int8": "amx_int8" in flags,
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags) or torch.cpu._is_vnni_supported(),
-    }
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has bf16 dot-product instructions (AVX-512 BF16 or AMX)."""
-    f = cpu_features()
-    return bool(f["avx512_bf16"] or f["amx_bf16"]) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def fbgemm_int8_available() -> bool:
-    """True when PyTorch's x86 int8 kernels (FBGEMM dynamic quantization) can run here."""
-    return (
-        hasattr(torch.ops.quantized, "linear_dynamic")
-        and "x86" in torch.backends.quantized.supported_engines
-    )
-
-
-def fastest_on_this_cpu() -> str:
-    """One sentence for --help: which precision decodes fastest on this CPU, and why."""
-    f = cpu_features()
-    bf16 = (
-        "--dtype bf16 is faster than fp32"
-        if cpu_has_bf16_matmul()
-        else ("--dtype bf16 will not be faster than fp32 (no AVX-512 BF16 or AMX)")
-    )
-    int8 = (
-        "--quantize int8 is fastest (int8 kernels with VNNI)"
-        if fbgemm_int8_available() and f["vnni"]
-        else "--quantize int8 reads 4x fewer bytes but this CPU has no VNNI"
-    )
-    return f"on this CPU ({f['model'] or f['capability']}): {int8}; {bf16}"
 
 
 class Int8Linear(nn.Module):
@@ -213,8 +157,6 @@ def prepare_for_inference(
     if quantize not in (None, "none", "int8"):
         raise ShoshinError(f"quantize must be int8 (or none); got {quantize!r}")
     if device is not None:
-        from shoshin.training.distributed import pick_device
-
         model.to(pick_device(device, "--device"))
     model.eval()
     model.to(DTYPES[dtype])

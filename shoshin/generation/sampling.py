@@ -1,9 +1,9 @@
-"""Choosing the next token: the one sampling function, and the naive reference generator.
+"""Choosing the next token: the one sampling function.
 
 `SamplingParams` (declared in `shoshin/generation/params.py`) is the one value that the CLI, the
 Python API and the HTTP server fill. `sample_next` reads it, with the logits, the tokens so far and
-the row's own `torch.Generator`; every surface samples through it. `naive_generate` re-runs the
-model on the whole prefix at every step: the reference the fast engine is tested against.
+the row's own `torch.Generator`; every surface samples through it, and so does the naive reference
+generator the engine is tested against (`tests/reference.py`).
 
 Adding a sampling option touches two places: its declaration in `params.py` and `sample_next`.
 """
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from shoshin.generation.params import SamplingParams
 
@@ -168,42 +167,3 @@ def ends_with_stop(new: Sequence[int], stop_ids, stop_sequences) -> bool:
     return any(
         len(s) and len(new) >= len(s) and list(new[-len(s) :]) == list(s) for s in stop_sequences
     )
-
-
-@torch.no_grad()
-def naive_generate(
-    model: nn.Module,
-    prompt_ids: Sequence[int],
-    params: SamplingParams,
-    logits_out: list[torch.Tensor] | None = None,
-) -> list[int]:
-    """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
-
-    The reference the engine is held to: a model with a window (a GPT) sees the last
-    `context_window` tokens, so its window slides by one token; a recurrent model sees everything.
-    Stops after a stop token or stop sequence (kept in the output). With `logits_out`, each step's
-    raw next-token logits (1, vocab) are appended to it.
-    """
-    if not prompt_ids:
-        raise ValueError("prompt_ids must hold at least one token")
-    params.validate()
-    device = next(model.parameters()).device
-    generator = make_generator(params.seed)
-    was_training = model.training
-    model.eval()
-    window = model.context_window
-    history = TokenHistory(list(prompt_ids), len(prompt_ids))
-    stops = set(params.stop_ids)
-    try:
-        for _ in range(params.max_new_tokens):
-            context = history.ids if window is None else history.ids[-window:]
-            logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
-            if logits_out is not None:
-                logits_out.append(logits)
-            token = int(sample_next(logits, [params], [history], [generator])[0])
-            history.ids.append(token)
-            if ends_with_stop(history.generated, stops, params.stop_sequences):
-                break
-    finally:
-        model.train(was_training)
-    return history.generated

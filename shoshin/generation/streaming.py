@@ -12,6 +12,7 @@ import functools
 from collections.abc import Iterator, Sequence
 
 from shoshin.data.tokenizers import Tokenizer
+from shoshin.generation.contracts import Cache
 from shoshin.generation.engine import Engine
 from shoshin.generation.params import SamplingParams
 
@@ -168,7 +169,7 @@ class TextStream:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         stop_strings: Sequence[str] = (),
-        cache=None,
+        cache: Cache | None = None,
     ):
         self.engine, self.cache = engine, cache
         self.generation = engine.generation(prompt_ids, params)

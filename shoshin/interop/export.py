@@ -31,7 +31,7 @@ from shoshin.interop.hf import shoshin_to_hf
 from shoshin.loading import load, lora_parts, resolve_source
 from shoshin.models import GPT
 from shoshin.runs.store import Run
-from shoshin.training.checkpoint import checkpoint_path
+from shoshin.storage.checkpoint import checkpoint_path
 
 # shoshin.data.chat.render_chat in Jinja, for transformers' apply_chat_template (tests hold the two
 # to the same ids). A role without a token is an error, as in shoshin, not text that looks like one.

@@ -24,9 +24,10 @@ from shoshin.config import ModelConfig
 from shoshin.data.tokenizers import CHAT_TOKENS, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.models import GPT
+from shoshin.models.fit import check_weights_fit
 from shoshin.runs.provenance import sha256_file
+from shoshin.storage.checkpoint import weight_shapes
 from shoshin.storage.text import read_text_file
-from shoshin.training.checkpoint import check_weights_fit, weight_shapes
 
 FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}
 # Activation names in config.json -> ours. Beware: GPT-1's "gelu" is the tanh approximation
@@ -234,7 +235,7 @@ def read_weights(
     """The tensors of a checkpoint folder and the file they came from; nothing is unpickled.
 
     `config` (read from the file `described_by`) must describe these weights and fit in memory
-    (training.checkpoint.check_weights_fit): safetensors are checked from their headers before their
+    (models.fit.check_weights_fit): safetensors are checked from their headers before their
     data is read, a pytorch_model.bin right after loading; either way before a model is built.
     """
     from safetensors import SafetensorError

@@ -17,8 +17,8 @@ from typing import Any
 
 from shoshin.errors import ShoshinError
 from shoshin.runs.mlflow_sink import flatten
-from shoshin.runs.record import GitState, Manifest
 from shoshin.runs.store import Run, effective_status
+from shoshin.storage.manifest import GitState, Manifest
 
 ENV_KEYS = ("python", "torch", "cuda", "gpus", "cpu", "cpu_count", "torch_threads", "os")
 DATA_KEYS = (
@@ -200,7 +200,7 @@ def compare_code(runs: list[Run], manifests: list[Manifest]) -> dict[str, Any]:
 def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
     """The headline numbers of a run: final and best val loss, steps, tokens/s, duration, and
     every recorded evaluation (`eval`: `heldout.loss`, `lm-eval.<task>.acc`, ...)."""
-    from shoshin.evaluation.record import eval_metrics
+    from shoshin.storage.evaluations import eval_metrics
 
     rows = run.metrics()
     vals = [r["val_loss"] for r in rows if "val_loss" in r]

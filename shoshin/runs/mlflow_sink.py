@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from shoshin.config import Config
-from shoshin.runs.record import Manifest, MlflowLink, read_manifest
+from shoshin.errors import ShoshinError
+from shoshin.storage.evaluations import EVAL_DIR, EvalRecord
+from shoshin.storage.files import read_json
+from shoshin.storage.manifest import Manifest, MlflowLink, read_manifest
 
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 RETRIES = 6  # SQLite allows one writer at a time; a busy database is retried, not fatal
@@ -191,3 +194,36 @@ def open_mirror(
     mirror.log_params_and_tags(config, manifest)
     mirror.log_artifact(run.path / "config.yaml")
     return mirror
+
+
+def mirror_to_mlflow(run: Any, paths: list[Path], log: Callable[[str], None] = print) -> None:
+    """Log the records at `paths` (and their files) to the run's MLflow run, when it has one.
+
+    The metrics are logged as `eval.<record>.<metric>` at the evaluated checkpoint's step.
+    """
+    recorded = run.manifest.mlflow  # shoshin.storage.manifest.MlflowLink, or None
+    try:
+        tracking = run.config.tracking
+    except ShoshinError:  # no readable config: nothing says where to mirror
+        return
+    if not tracking.mlflow or recorded is None or not recorded.run_id:
+        return
+    try:
+        client, _ = open_store(recorded.uri or tracking.mlflow_uri, tracking.mlflow_experiment)
+    except Exception as exc:
+        log(f"warning: cannot open the MLflow store to mirror the evaluation ({exc})")
+        return
+    mirror = MlflowMirror(client, recorded.run_id, run, log)
+    for path in paths:
+        record = EvalRecord.from_dict(read_json(path))
+        row = {f"eval.{record.name}.{k}": v for k, v in record.metrics.items()}
+        mirror.log_metrics({"step": _step(record.checkpoint), **row})
+        for file in sorted(path.parent.glob(f"{record.name}.*")):
+            mirror.log_artifact(file, EVAL_DIR)
+
+
+def _step(checkpoint: str | None) -> int:
+    try:
+        return int(str(checkpoint).rsplit("-", 1)[-1])
+    except ValueError:
+        return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import shoshin
-from shoshin.runs.record import (
+from shoshin.storage.manifest import (
     CodeFingerprint,
     CodeRecord,
     ConfigFile,

@@ -14,9 +14,15 @@ from typing import Any
 
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
-from shoshin.evaluation.record import EvalRecord
-from shoshin.runs.record import DamagedRecord, Manifest, manifest_to_dict
-from shoshin.runs.store import TRAINING_KINDS, Run, effective_status, resume_command, run_kind
+from shoshin.runs.store import (
+    TRAINING_KINDS,
+    Run,
+    budget_lines,
+    effective_status,
+    run_kind,
+)
+from shoshin.storage.evaluations import EvalRecord
+from shoshin.storage.manifest import DamagedRecord, Manifest, manifest_to_dict
 
 MAX_DIFF_LINES = 400  # of a code diff in compare's text view; --json has all of it
 
@@ -246,23 +252,6 @@ def format_show(
         ]
         lines += table(["  record", "checkpoint", "metrics"], rows)
     return "\n".join(lines)
-
-
-def budget_lines(run_dir: Path, m: Manifest, max_minutes: float) -> list[str]:
-    """What a run that stopped on its time budget says (at its end and in `show`): steps done of
-    planned, and the command that continues it; nothing for any other run."""
-    if not m.stopped_on_budget:
-        return []
-    planned = m.planned_steps or m.steps
-    pace = ""
-    if m.elapsed_seconds and m.steps:
-        minutes = m.elapsed_seconds / m.steps * (planned - m.steps) / 60
-        pace = f"; the other {planned - m.steps} take about {minutes:.0f} min at its pace"
-    return [
-        f"stopped on the time budget (train.max_minutes={max_minutes:g}) after {m.steps} of "
-        f"{planned} planned steps: training is not finished{pace}",
-        f"continue it with: {resume_command(run_dir)} train.max_minutes=0  (0: no time budget)",
-    ]
 
 
 def _predicted_vs_actual(m: Manifest) -> list[str]:

@@ -4,7 +4,7 @@ runs/<id>/config.yaml      the resolved config
 runs/<id>/manifest.json    command, times, status, seed, code/data/environment facts
 runs/<id>/metrics.jsonl    one JSON object per logged step
 runs/<id>/char_tokenizer.json or tokenizer.json
-runs/<id>/checkpoints/     see shoshin.training.checkpoint
+runs/<id>/checkpoints/     see shoshin.storage.checkpoint
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shoshin.config import Config, preset_names, preset_path, read_config, save_
 from shoshin.errors import ShoshinError
 from shoshin.runs.lock import RunLock, is_locked
 from shoshin.runs.provenance import code_record, environment
-from shoshin.runs.record import (
+from shoshin.storage.manifest import (
     MANIFEST,
     DamagedRecord,
     Manifest,
@@ -59,7 +59,7 @@ def now_iso() -> str:
 
 
 class Run:
-    """One run directory and the files in it (read and written through shoshin.runs.record).
+    """One run directory and the files in it (read and written through shoshin.storage.manifest).
 
     `mirror` (set while training with tracking.mlflow=true) receives every metrics row too;
     `lock` is set while this process is the run's writer (see shoshin.runs.lock).
@@ -325,3 +325,20 @@ def _alive(pid: int | None) -> bool:
     except OSError:
         return False
     return True
+
+
+def budget_lines(run_dir: Path, m: Manifest, max_minutes: float) -> list[str]:
+    """What a run that stopped on its time budget says (at its end and in `show`): steps done of
+    planned, and the command that continues it; nothing for any other run."""
+    if not m.stopped_on_budget:
+        return []
+    planned = m.planned_steps or m.steps
+    pace = ""
+    if m.elapsed_seconds and m.steps:
+        minutes = m.elapsed_seconds / m.steps * (planned - m.steps) / 60
+        pace = f"; the other {planned - m.steps} take about {minutes:.0f} min at its pace"
+    return [
+        f"stopped on the time budget (train.max_minutes={max_minutes:g}) after {m.steps} of "
+        f"{planned} planned steps: training is not finished{pace}",
+        f"continue it with: {resume_command(run_dir)} train.max_minutes=0  (0: no time budget)",
+    ]

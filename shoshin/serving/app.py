@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import END, EOT, CharTokenizer, Tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation.chat import chat_template, fit_messages
+from shoshin.generation.conversation import chat_template, fit_messages
 from shoshin.generation.engine import TokenLogprob
 from shoshin.generation.params import SamplingParams
 from shoshin.generation.streaming import ReplyText, StreamDecoder, token_bytes, token_text

@@ -36,16 +36,6 @@ from shoshin.errors import ShoshinError
 T = TypeVar("T")
 
 
-def pick_device(name: str, option: str = "train.device") -> torch.device:
-    """The torch device for `option` (train.device, --device): auto (CUDA when there is a GPU,
-    else CPU), cpu or cuda."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ShoshinError(f"{option} cuda: no CUDA GPU is available here; use auto or cpu")
-    return torch.device(name)
-
-
 class RankTerminated(ShoshinError):
     """Raised in a rank that torchrun (or a user) stopped with SIGTERM."""
 

@@ -25,11 +25,12 @@ import torch.nn as nn
 
 from shoshin.config import Config, ModelConfig
 from shoshin.data.dataset import PreparedData, check_fits, eval_batch_count, prepare_data
+from shoshin.device import pick_device
 from shoshin.models import architecture, build_model, count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
 from shoshin.progress import SlowWork, format_seconds
-from shoshin.runs.record import Estimate
-from shoshin.training.distributed import DistContext, pick_device
+from shoshin.storage.manifest import Estimate
+from shoshin.training.distributed import DistContext
 from shoshin.training.step import TrainStep, draw_batch
 
 FLOAT32 = 4

@@ -17,8 +17,8 @@ from pathlib import Path
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import FAMILIES, Pretrained, load_checkpoint, load_recorded_base
-from shoshin.runs.record import Manifest
 from shoshin.runs.store import Run
+from shoshin.storage.manifest import Manifest
 from shoshin.training.trainer import train
 
 # Everything else about the model is fixed by the checkpoint's weights.

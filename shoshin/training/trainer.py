@@ -33,28 +33,28 @@ from shoshin.config import Config, apply_overrides, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, eval_batches, prepare_data
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
+from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
-from shoshin.evaluation.evaluate import heldout_at_end_of_training
+from shoshin.generation.continuation import sample_text
 from shoshin.generation.params import surface_defaults
-from shoshin.generation.sample import sample_text
+from shoshin.generation.scoring import heldout_at_end_of_training
 from shoshin.interop.hf import Pretrained, load_recorded_base
 from shoshin.models import build_model, count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
+from shoshin.models.fit import verify_checkpoint
 from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
-from shoshin.runs.record import Resume
-from shoshin.runs.report import budget_lines
 from shoshin.runs.store import (
     CONFIG,
     HEARTBEAT_SECONDS,
     Run,
+    budget_lines,
     create_run,
     now_iso,
     resume_command,
 )
-from shoshin.storage.files import remove_temporaries
-from shoshin.training.checkpoint import (
+from shoshin.storage.checkpoint import (
     checkpoint_path,
     load_model_tensors,
     load_optimizer_state,
@@ -64,9 +64,10 @@ from shoshin.training.checkpoint import (
     read_state,
     remove_unfinished,
     save_checkpoint,
-    verify_checkpoint,
 )
-from shoshin.training.distributed import init_distributed, pick_device, rank_zero_only
+from shoshin.storage.files import remove_temporaries
+from shoshin.storage.manifest import Resume
+from shoshin.training.distributed import init_distributed, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
 from shoshin.training.optim import lr_at
 from shoshin.training.step import TrainStep

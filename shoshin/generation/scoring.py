@@ -16,7 +16,7 @@ each reply (how to begin: the hard part) is reported apart from the rest of the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,15 @@ from shoshin.data.tokenizers import END, EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.engine import Engine
 from shoshin.generation.params import SamplingParams
+from shoshin.runs.store import Run
+from shoshin.storage.checkpoint import read_index
+from shoshin.storage.evaluations import EvalRecord, write_record
 
 # Scored by default (the first validation documents up to both limits): seconds on a CPU for a
 # small model, so that training can end with them.
 MAX_DOCUMENTS = 200
 MAX_TOKENS = 32_768
+Log = Callable[[str], None]
 LOGIT_BUDGET = 2**25  # floats of logits one scoring pass may hold (rows x tokens x vocabulary)
 
 Document = list[dict[str, str]] | str  # a conversation (messages) or a text
@@ -245,3 +249,62 @@ def score_documents(
                 scores.later_reply_tokens.nll += sum(nll[1:])
                 scores.later_reply_tokens.tokens += len(nll) - 1
     return scores
+
+
+# -- records and reports of held-out scores ------------------------------------------------
+
+
+def heldout_record(
+    scores: HeldOutScores, source: str, checkpoint: str | None, command: Sequence[str]
+) -> EvalRecord:
+    return EvalRecord(
+        name="heldout",
+        kind="heldout",
+        metrics=scores.metrics(),
+        checkpoint=checkpoint,
+        command=list(command),
+        details={"data": source, **scores.to_dict()},
+    )
+
+
+def format_heldout(scores: HeldOutScores, source: str) -> str:
+    """The held-out scores as a few lines of text."""
+    lines = [f"held-out: {source}"]
+    rows = [["role", "loss", "ppl", "bits/byte", "tokens"]]
+    for role, tally in sorted(scores.roles.items()):
+        s = tally.summary()
+        rows.append(
+            [role, *(f"{s[k]:.4f}" if s[k] is not None else "-" for k in ("loss", "ppl", "bits_per_byte")),
+             str(s["tokens"])]
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    if scores.kind == "chat":
+        first, later = scores.first_reply_token.summary(), scores.later_reply_tokens.summary()
+        if first["loss"] is not None:
+            later_text = f"{later['loss']:.4f}" if later["loss"] is not None else "-"
+            lines.append(
+                f"  reply tokens: first {first['loss']:.4f}, later {later_text} (loss per token)"
+            )
+    return "\n".join(lines)
+
+
+def heldout_at_end_of_training(model: nn.Module, data: Any, run: Run, log: Log = print) -> None:
+    """Score the first validation documents with the trained model, record `eval/heldout.json`
+    and log the numbers (the trainer's one call; `shoshin eval RUN` gives the same numbers)."""
+    try:
+        docs = documents_from_tokens(data.tokenizer, data.val.tokens)
+        scores = score_documents(model, data.tokenizer, docs)
+    except ShoshinError as exc:
+        log(f"held-out scores skipped: {exc}")
+        return
+    source = f"{len(docs)} validation documents of {run.config.data.source}"
+    checkpoint = read_index(run.path / "checkpoints").get("latest")
+    path = write_record(run.path, heldout_record(scores, source, checkpoint, ["train"]))
+    log(format_heldout(scores, source))
+    if run.mirror is not None:  # training's own MLflow run is still open
+        row = {f"eval.heldout.{k}": v for k, v in scores.metrics().items()}
+        run.mirror.log_metrics({"step": int(checkpoint.split("-")[1]) if checkpoint else 0, **row})
+        run.mirror.log_artifact(path, "eval")

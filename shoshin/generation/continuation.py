@@ -1,20 +1,19 @@
-"""`shoshin sample`: text in, streamed text out, on the engine or the naive reference."""
+"""Continuing a prompt as text (`shoshin sample`, training's end-of-run sample): text in, streamed
+text out, through the engine."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
-import torch.nn as nn
-
 from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.generation.chat import chat_template
-from shoshin.generation.engine import Engine
+from shoshin.generation.contracts import LanguageModel
+from shoshin.generation.conversation import chat_template
+from shoshin.generation.engine import Engine, sliding_engine
 from shoshin.generation.params import SamplingParams
-from shoshin.generation.sampling import naive_generate
-from shoshin.generation.streaming import ReplyText, TextStream
+from shoshin.generation.streaming import TextStream
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -30,23 +29,20 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 def sample_text(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     prompt: str,
     params: SamplingParams,
-    use_cache: bool = True,
+    sliding: bool = False,
     stop_strings: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Yield the continuation of `prompt` piece by piece (all at once with use_cache=False).
+    """Yield the continuation of `prompt` piece by piece. `sliding`: past a full window, slide it
+    by one token as the naive reference does (`--no-cache`), instead of keeping half of it.
 
     Chat models answer `prompt` as a user message; the reply ends at its end token or any role
     token, which is never shown. Every model stops at `<|endoftext|>`.
     """
     ids = prompt_ids(tokenizer, prompt)
     params = replace(params, stop_ids=[*params.stop_ids, *stop_token_ids(tokenizer)])
-    if use_cache:
-        yield from TextStream(Engine(model), tokenizer, ids, params, stop_strings)
-        return
-    reply = ReplyText(tokenizer, params.stop_ids, stop_strings)
-    text = "".join(reply.push(token) for token in naive_generate(model, ids, params))
-    yield text + ("" if reply.stopped else reply.flush())
+    engine = sliding_engine(model) if sliding else Engine(model)
+    yield from TextStream(engine, tokenizer, ids, params, stop_strings)

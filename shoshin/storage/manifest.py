@@ -156,7 +156,7 @@ class Estimate:
 
 
 @dataclass
-class BaseModel:
+class BaseCheckpoint:
     """The pretrained checkpoint a fine-tuning run started from."""
 
     source: str = ""  # as the user gave it: a hub id or a folder
@@ -281,7 +281,7 @@ class Manifest:
     environment: Environment | None = None
     data: DataRecord | None = None
     estimate: Estimate | None = None
-    base_model: BaseModel | None = None
+    base_model: BaseCheckpoint | None = None
     adapter: Adapter | None = None
     resumed: list[Resume] = field(default_factory=list)
     mlflow: MlflowLink | None = None

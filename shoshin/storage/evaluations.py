@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,40 +101,3 @@ def eval_metrics(run_path: Path, headline: bool = False) -> dict[str, float]:
     if headline:
         out = {k: v for k, v in out.items() if k in HEADLINE or k.startswith("lm-eval.")}
     return out
-
-
-def mirror_to_mlflow(run: Any, paths: list[Path], log: Callable[[str], None] = print) -> None:
-    """Log the records at `paths` (and their files) to the run's MLflow run, when it has one.
-
-    The metrics are logged as `eval.<record>.<metric>` at the evaluated checkpoint's step.
-    """
-    from shoshin.errors import ShoshinError
-
-    recorded = run.manifest.mlflow  # shoshin.runs.record.MlflowLink, or None
-    try:
-        tracking = run.config.tracking
-    except ShoshinError:  # no readable config: nothing says where to mirror
-        return
-    if not tracking.mlflow or recorded is None or not recorded.run_id:
-        return
-    from shoshin.runs.mlflow_sink import MlflowMirror, open_store
-
-    try:
-        client, _ = open_store(recorded.uri or tracking.mlflow_uri, tracking.mlflow_experiment)
-    except Exception as exc:
-        log(f"warning: cannot open the MLflow store to mirror the evaluation ({exc})")
-        return
-    mirror = MlflowMirror(client, recorded.run_id, run, log)
-    for path in paths:
-        record = EvalRecord.from_dict(read_json(path))
-        row = {f"eval.{record.name}.{k}": v for k, v in record.metrics.items()}
-        mirror.log_metrics({"step": _step(record.checkpoint), **row})
-        for file in sorted(path.parent.glob(f"{record.name}.*")):
-            mirror.log_artifact(file, EVAL_DIR)
-
-
-def _step(checkpoint: str | None) -> int:
-    try:
-        return int(str(checkpoint).rsplit("-", 1)[-1])
-    except ValueError:
-        return 0

@@ -22,18 +22,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from shoshin.config import Config, save_config
-from shoshin.data.dataset import check_fits, prepare_data
 from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
-from shoshin.models import build_model, count_parameters
+from shoshin.models import count_parameters
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, create_run
 from shoshin.storage.files import atomic_write_bytes
 from shoshin.storage.manifest import DataRecord, LrFindRecord
 from shoshin.training.distributed import DistContext
+from shoshin.training.setup import batch_generator, seeded_model, training_data
 from shoshin.training.step import TrainStep
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
@@ -107,28 +105,23 @@ def lr_find(
             "(shoshin finetune --from SRC lora.rank=8), so set lora.rank=0"
         )
     tc, T = config.train, config.model.block_size
-    device = pick_device(tc.device)
-    data = prepare_data(config.data, log=log)
-    check_fits(data, T, config.data.source)
-    config.model.vocab_size = data.tokenizer.vocab_size
+    dist = DistContext(device=pick_device(tc.device))
+    data = training_data(config, dist, log)
     config.name = f"lr-find-{config.name or config.model.arch}"
     run = create_run(config, runs_dir, command)
     save_config(config, run.path / "config.yaml")
     log(f"run {run.id} -> {run.path}")
 
-    torch.manual_seed(tc.seed)
-    model = build_model(config.model).to(device)
+    model = seeded_model(config).to(dist.device)
     lrs = lr_range(start_lr, end_lr, steps)
-    gen = torch.Generator().manual_seed(tc.seed)
-    train_step = TrainStep(
-        model, tc, T, data.train, gen, schedule=lrs.__getitem__, dist=DistContext(device=device)
-    )
+    gen = batch_generator(config)
+    train_step = TrainStep(model, tc, T, data.train, gen, schedule=lrs.__getitem__, dist=dist)
     beta = smoothing_for(steps)
     run.update_manifest(
         kind="lr-find",
         arch=config.model.arch,
         params=count_parameters(model),
-        device=str(device),
+        device=str(dist.device),
         data=DataRecord(source=config.data.source, fingerprint=data.fingerprint),
     )
     losses: list[float] = []

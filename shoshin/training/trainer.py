@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from shoshin.config import Config, apply_overrides, save_config
 from shoshin.data.chat import is_chat_tokenizer
-from shoshin.data.dataset import PreparedData, check_fits, eval_batches, prepare_data
+from shoshin.data.dataset import PreparedData, eval_batches
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
@@ -39,7 +39,7 @@ from shoshin.generation.continuation import sample_text
 from shoshin.generation.params import surface_defaults
 from shoshin.generation.scoring import heldout_at_end_of_training
 from shoshin.interop.hf import Pretrained, load_recorded_base
-from shoshin.models import build_model, count_parameters, count_trainable
+from shoshin.models import count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
 from shoshin.models.fit import verify_checkpoint
 from shoshin.models.loss import IGNORE_INDEX
@@ -70,6 +70,7 @@ from shoshin.storage.manifest import Resume
 from shoshin.training.distributed import init_distributed, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
 from shoshin.training.optim import lr_at
+from shoshin.training.setup import batch_generator, seeded_model, training_data
 from shoshin.training.step import TrainStep
 
 
@@ -165,20 +166,15 @@ class Trainer:
         self.dist = init_distributed(pick_device(tc.device))
         self.log = log if self.dist.is_main else _quiet
         self.device = self.dist.device
-        with self.dist.main_first():  # rank 0 tokenizes and caches; the others then read the cache
-            self.data: PreparedData = prepare_data(
-                config.data, log=self.log, tokenizer=_pretrained_tokenizer(config, run, init)
-            )
-        check_fits(self.data, T, config.data.source)
-        config.model.vocab_size = self.data.tokenizer.vocab_size
-        torch.manual_seed(tc.seed)
-        self.model = build_model(config.model)
+        tokenizer = _pretrained_tokenizer(config, run, init)
+        self.data: PreparedData = training_data(config, self.dist, self.log, tokenizer)
+        self.model = seeded_model(config)
         if init is not None:
             init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
             self._record(base_model=init.describe())
         self.adapter = self._attach_lora(init)
         self.model.to(self.device)
-        self.batch_gen = torch.Generator().manual_seed(tc.seed)
+        self.batch_gen = batch_generator(config)
         self.train_step = TrainStep(
             self.model,
             tc,

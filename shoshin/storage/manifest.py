@@ -15,12 +15,11 @@ object, or holds a value of the wrong type raises `DamagedRecord` with the reaso
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pydantic
 
 from shoshin.errors import ShoshinError
 from shoshin.storage.files import add_path, atomic_write_json, atomic_write_text
@@ -297,16 +296,26 @@ class Manifest:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Manifest)} - {"extra"}
-_VALIDATOR = pydantic.TypeAdapter(Manifest)
+
+
+@functools.cache
+def _validator() -> Any:
+    # pydantic and the validator it builds cost ~0.3 s: paid by the commands that read a
+    # manifest, not by every import of this module (`shoshin --help` must start fast).
+    import pydantic
+
+    return pydantic.TypeAdapter(Manifest)
 
 
 def manifest_from_dict(data: Any, where: str = MANIFEST) -> Manifest:
     """A Manifest from parsed JSON; DamagedRecord (one line, naming `where`) if it is not one."""
     if not isinstance(data, dict):
         raise DamagedRecord(f"{where} holds {_json_kind(data)}, not a JSON object")
+    import pydantic
+
     known = {k: v for k, v in data.items() if k in _FIELDS}
     try:
-        manifest = _VALIDATOR.validate_python(known)
+        manifest = _validator().validate_python(known)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])

@@ -228,7 +228,7 @@ def small_trained_model(steps: int):
     """Train a small GPT for a few hundred steps (seconds to a minute), return it and val windows."""
     from shoshin.data.dataset import prepare_data
     from shoshin.loading import load_run
-    from shoshin.training.trainer import train
+    from shoshin.training.runner import train
 
     quiet = lambda *a, **k: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:

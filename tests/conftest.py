@@ -99,7 +99,7 @@ def trained_runs(tmp_path_factory) -> Path:
     Tests copy it (shutil.copytree) before changing anything in it.
     """
     from shoshin.config import load_config
-    from shoshin.training.trainer import train
+    from shoshin.training.runner import train
 
     root = tmp_path_factory.mktemp("trained")
     corpus = write_corpus(root / "corpus.txt")

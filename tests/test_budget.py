@@ -12,7 +12,7 @@ from conftest import run_cli
 from shoshin.cli import main
 from shoshin.config import load_config
 from shoshin.training.optim import lr_at
-from shoshin.training.trainer import Progress
+from shoshin.training.progress_bar import Progress
 
 QUICK = ["train.sample_tokens=0", "train.calibrate=false", "train.eval_iters=2"]
 QUICK += ["train.log_interval=1", "train.eval_interval=0", "train.checkpoint_interval=0"]

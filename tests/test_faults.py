@@ -22,7 +22,7 @@ from shoshin.data.tokenizers import load_tokenizer
 from shoshin.runs.lock import is_locked
 from shoshin.runs.store import effective_status
 from shoshin.storage.manifest import read_manifest
-from shoshin.training.trainer import train
+from shoshin.training.runner import train
 
 QUICK = [
     "train.sample_tokens=0",
@@ -120,7 +120,7 @@ def test_two_resumes_of_one_run_one_writes_the_other_names_it(tmp_path):
 
 def test_resume_removes_what_a_kill_during_a_checkpoint_write_left(tmp_path):
     from shoshin.runs.store import Run
-    from shoshin.training.trainer import resume
+    from shoshin.training.runner import resume
 
     run = _short_run(tmp_path / "runs", 5, 10)
     ckpts = run / "checkpoints"

@@ -183,7 +183,7 @@ def test_export_of_a_loaded_checkpoint_round_trips(tmp_path, make):
 def _train(tmp_path, *overrides: str) -> str:
     """A tiny GPT/LSTM run on a small local chat file, trained in this process (quicker than the CLI)."""
     from shoshin.config import load_config
-    from shoshin.training.trainer import train
+    from shoshin.training.runner import train
 
     chat = write_chat(tmp_path / "chat.jsonl")
     config = load_config(

@@ -61,7 +61,7 @@ def test_a_non_finite_loss_leaves_the_weights_untouched(tiny):
 def test_train_lr_find_and_calibration_all_take_their_steps_here(tiny, tmp_path, monkeypatch):
     from shoshin.experiments.lr_find import lr_find
     from shoshin.training.estimate import estimate
-    from shoshin.training.trainer import train
+    from shoshin.training.runner import train
 
     config, data = tiny
     calls: list[int] = []

@@ -16,7 +16,7 @@ from conftest import run_cli
 
 from shoshin.config import load_config
 from shoshin.runs.store import Run
-from shoshin.training.trainer import train
+from shoshin.training.runner import train
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -172,7 +172,8 @@ def test_ctrl_c_mid_step_before_the_first_checkpoint_resumes_from_the_start(
     """An interrupt after the optimizer step keeps the previous checkpoint; before the first
     periodic one, that is the starting state every new run saves (step 0)."""
     from shoshin.runs.store import create_run
-    from shoshin.training.trainer import Trainer, resume
+    from shoshin.training.runner import resume
+    from shoshin.training.trainer import Trainer
 
     overrides = ["train.max_steps=8", "train.checkpoint_interval=0", "train.eval_interval=4"]
     overrides += ["train.eval_iters=1", "train.log_interval=1", "train.sample_tokens=0"]

@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config, _ = config_from_args(args)
     from shoshin.training.distributed import shutdown
-    from shoshin.training.trainer import resume, train
+    from shoshin.training.runner import resume, train
 
     try:
         if args.resume:

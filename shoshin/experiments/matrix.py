@@ -32,7 +32,7 @@ from shoshin.runs.store import Run, readable_runs
 from shoshin.storage.checkpoint import read_index
 from shoshin.storage.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from shoshin.storage.manifest import Manifest, MatrixCell
-from shoshin.training.trainer import resume, train
+from shoshin.training.runner import resume, train
 
 STATE = "matrix.json"
 

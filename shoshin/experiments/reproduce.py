@@ -26,7 +26,7 @@ from shoshin.runs.provenance import source_files
 from shoshin.runs.store import Run
 from shoshin.storage.manifest import Manifest, Reproduction
 from shoshin.training.finetune import recorded_base
-from shoshin.training.trainer import train
+from shoshin.training.runner import train
 
 LOSS_KEYS = ("train_loss", "val_loss")
 

@@ -19,7 +19,7 @@ from shoshin.errors import ShoshinError
 from shoshin.interop.hf import FAMILIES, Pretrained, load_checkpoint, load_recorded_base
 from shoshin.runs.store import Run
 from shoshin.storage.manifest import Manifest
-from shoshin.training.trainer import train
+from shoshin.training.runner import train
 
 # Everything else about the model is fixed by the checkpoint's weights.
 MODEL_KEYS_YOU_CAN_SET = ("model.block_size", "model.dropout")

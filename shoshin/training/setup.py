@@ -1,4 +1,5 @@
-"""What every training loop sets up the same way: its data, its seeded model and its batch draws.
+"""What every training loop sets up the same way: its data (a fine-tuning run's tokenizer), its
+seeded model, its batch draws, and the random state a checkpoint saves of them.
 
 `Trainer` and the learning-rate range test (`shoshin/experiments/lr_find.py`) both start here, so a
 change to how the data is checked or the model seeded reaches both.
@@ -13,8 +14,11 @@ import torch.nn as nn
 
 from shoshin.config import Config
 from shoshin.data.dataset import PreparedData, check_fits, prepare_data
-from shoshin.data.tokenizers import Tokenizer
+from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, Tokenizer, load_tokenizer
+from shoshin.errors import ShoshinError
+from shoshin.interop.hf import Pretrained
 from shoshin.models import build_model
+from shoshin.runs.store import Run
 from shoshin.training.distributed import DistContext
 
 
@@ -42,3 +46,37 @@ def seeded_model(config: Config) -> nn.Module:
 def batch_generator(config: Config) -> torch.Generator:
     """The generator batches are drawn with, seeded from `train.seed` (checkpoints save its state)."""
     return torch.Generator().manual_seed(config.train.seed)
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random state a checkpoint saves: torch's, the batch generator's, each GPU's."""
+    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda{i}"] = state
+    return rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Put back the random state `capture_rng` took (on the GPUs this machine has)."""
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["batches"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+def pretrained_tokenizer(config: Config, run: Run, init: Pretrained | None) -> BpeTokenizer | None:
+    """The checkpoint's tokenizer for fine-tuning runs (from the run directory when resuming)."""
+    if config.data.tokenizer != "pretrained":
+        return None
+    saved = run.path / BPE_FILE
+    if init is not None and not saved.exists():
+        return init.tokenizer
+    tokenizer = load_tokenizer(run.path) if saved.exists() else None
+    if not isinstance(tokenizer, BpeTokenizer):
+        raise ShoshinError(
+            "data.tokenizer=pretrained takes the tokenizer of a checkpoint; "
+            "fine-tune one with: shoshin finetune --from SRC"
+        )
+    return tokenizer

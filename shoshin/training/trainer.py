@@ -20,37 +20,29 @@ from __future__ import annotations
 import math
 import os
 import socket
-import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from shoshin.config import Config, apply_overrides, save_config
+from shoshin.config import Config, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, eval_batches
-from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
 from shoshin.generation.continuation import sample_text
 from shoshin.generation.params import surface_defaults
 from shoshin.generation.scoring import heldout_at_end_of_training
-from shoshin.interop.hf import Pretrained, load_recorded_base
+from shoshin.interop.hf import Pretrained
 from shoshin.models import count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
-from shoshin.models.fit import verify_checkpoint
 from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.store import (
-    CONFIG,
     HEARTBEAT_SECONDS,
     Run,
     budget_lines,
-    create_run,
     now_iso,
     resume_command,
 )
@@ -61,98 +53,26 @@ from shoshin.storage.checkpoint import (
     model_tensors,
     read_checkpoint,
     read_index,
-    read_state,
-    remove_unfinished,
     save_checkpoint,
 )
-from shoshin.storage.files import remove_temporaries
 from shoshin.storage.manifest import Resume
 from shoshin.training.distributed import init_distributed, rank_zero_only
 from shoshin.training.estimate import CALIBRATION_STEPS, estimate, peak_resident_bytes
 from shoshin.training.optim import lr_at
-from shoshin.training.setup import batch_generator, seeded_model, training_data
+from shoshin.training.progress_bar import Progress
+from shoshin.training.setup import (
+    batch_generator,
+    capture_rng,
+    pretrained_tokenizer,
+    restore_rng,
+    seeded_model,
+    training_data,
+)
 from shoshin.training.step import TrainStep
 
 
 def _quiet(*args, **kwargs) -> None:
     """The log function of ranks other than 0: one copy of every message is enough."""
-
-
-def _capture_rng(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    rng = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"cuda{i}"] = state
-    return rng
-
-
-def _restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator) -> None:
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["batches"])
-    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-
-
-def _pretrained_tokenizer(config: Config, run: Run, init: Pretrained | None) -> BpeTokenizer | None:
-    """The checkpoint's tokenizer for fine-tuning runs (from the run directory when resuming)."""
-    if config.data.tokenizer != "pretrained":
-        return None
-    saved = run.path / BPE_FILE
-    if init is not None and not saved.exists():
-        return init.tokenizer
-    tokenizer = load_tokenizer(run.path) if saved.exists() else None
-    if not isinstance(tokenizer, BpeTokenizer):
-        raise ShoshinError(
-            "data.tokenizer=pretrained takes the tokenizer of a checkpoint; "
-            "fine-tune one with: shoshin finetune --from SRC"
-        )
-    return tokenizer
-
-
-class Progress:
-    """A progress bar on a terminal; elsewhere, one log line per logged step."""
-
-    def __init__(self, max_steps: int, step: int, log, show_bar: bool):
-        self.max_steps = max_steps
-        self.log = log
-        self.interactive = show_bar and sys.stderr.isatty()
-        self.bar = tqdm(
-            total=max_steps, initial=step, disable=not self.interactive, dynamic_ncols=True
-        )
-        self.deadline: float | None = None  # time.monotonic() when the time budget runs out
-
-    def advance(self, loss: float) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def report(self, step: int, row: dict[str, float], elapsed: float) -> None:
-        """`step 50/1000 | loss ... | val ... | lr ... | tok/s | eta` (only evaluations on a bar)."""
-        parts = [f"step {step}/{self.max_steps}"]
-        if "train_loss" in row:
-            parts.append(f"loss {row['train_loss']:.4f}")
-        if "val_loss" in row:
-            parts.append(f"val {row['val_loss']:.4f}")
-        if "lr" in row:
-            parts.append(f"lr {row['lr']:.2e}")
-        if "tokens_per_sec" in row:
-            parts.append(f"{row['tokens_per_sec']:,.0f} tok/s")
-            parts.append(self._eta((self.max_steps - step) * elapsed / max(step, 1)))
-        line = " | ".join(parts)
-        if not self.interactive:
-            self.log(line)
-        elif "val_loss" in row:
-            self.bar.write(line)
-
-    def _eta(self, remaining: float) -> str:
-        """The time to the end: to max_steps, or to the time budget when that comes first."""
-        budget = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
-        if budget is not None and budget < remaining:
-            return f"eta {budget / 60:.1f} min (time budget; all steps need {remaining / 60:.1f})"
-        return f"eta {remaining / 60:.1f} min"
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class Trainer:
@@ -166,7 +86,7 @@ class Trainer:
         self.dist = init_distributed(pick_device(tc.device))
         self.log = log if self.dist.is_main else _quiet
         self.device = self.dist.device
-        tokenizer = _pretrained_tokenizer(config, run, init)
+        tokenizer = pretrained_tokenizer(config, run, init)
         self.data: PreparedData = training_data(config, self.dist, self.log, tokenizer)
         self.model = seeded_model(config)
         if init is not None:
@@ -196,7 +116,7 @@ class Trainer:
         self.stopped_on_budget = False
         # The last state recorded in full (see _commit): what an interrupt keeps.
         self._committed_updates = 0
-        self._committed_rng = _capture_rng(self.batch_gen)
+        self._committed_rng = capture_rng(self.batch_gen)
 
     def _attach_lora(self, init: Pretrained | None):
         """With lora.rank > 0: adapters on the pretrained model (the PeftModel), else None."""
@@ -229,7 +149,7 @@ class Trainer:
             load_model_tensors(self.model, ckpt["model"], str(path))
         if ckpt["optimizer"] is not None:
             load_optimizer_state(self.train_step.optimizer, ckpt["optimizer"], str(path))
-        _restore_rng(ckpt["rng"], self.batch_gen)
+        restore_rng(ckpt["rng"], self.batch_gen)
         state = ckpt["state"]
         self.step = state["step"]
         self.best_val = state.get("best_val_loss") or math.inf
@@ -335,7 +255,7 @@ class Trainer:
         if self._latest_checkpoint_step() is None:
             # A run always has a checkpoint to go back to: Ctrl-C in the middle of a step before
             # the first periodic checkpoint (or a SIGKILL then) resumes from the start, exactly.
-            self._save(_capture_rng(self.batch_gen))
+            self._save(capture_rng(self.batch_gen))
         self.last_eval_step = self.dist.from_main(self._last_eval_step)
         self._deadline = (
             time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
@@ -424,12 +344,12 @@ class Trainer:
         tc = self.config.train
         due = tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0
         if due or improved or self.step == tc.max_steps:
-            self._save(_capture_rng(self.batch_gen), best=improved)
+            self._save(capture_rng(self.batch_gen), best=improved)
 
     def _commit(self) -> None:
         """This step is complete and recorded: an interrupt from here on keeps it."""
         self._committed_updates = self.train_step.updates
-        self._committed_rng = _capture_rng(self.batch_gen)
+        self._committed_rng = capture_rng(self.batch_gen)
 
     def _close_out(self) -> None:
         """After the loop: the end state evaluated and checkpointed (also after a stop by time
@@ -438,7 +358,7 @@ class Trainer:
         improved = self.last_eval_step != self.step and self._evaluate_into(row)
         self._write_row(row)
         if improved or self._latest_checkpoint_step() != self.step:
-            self._save(_capture_rng(self.batch_gen), best=improved)
+            self._save(capture_rng(self.batch_gen), best=improved)
         self._score_heldout()
 
     @rank_zero_only
@@ -572,110 +492,3 @@ class Trainer:
         params = surface_defaults("training", max_new_tokens=max_new_tokens, seed=seed)
         text = "".join(sample_text(self.model, tok, prompt, params))
         return f"user: {prompt}\nassistant: {text}" if chat else prompt + text
-
-
-def train(
-    config: Config,
-    runs_dir: Path,
-    command: list[str] | None = None,
-    log=print,
-    init: Pretrained | None = None,
-    stop_after: int | None = None,
-    manifest: dict | None = None,
-) -> Run:
-    """Train a new run from `config` (from `init`'s weights when fine-tuning); returns its Run.
-
-    `stop_after` ends training at that step with the schedule of the full run (see `reproduce`);
-    `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run and
-    holds its lock.
-    """
-    dist = init_distributed(pick_device(config.train.device))
-    run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
-    try:
-        if dist.is_main:
-            procs = f" ({dist.world_size} processes)" if dist.enabled else ""
-            log(f"run {run.id} -> {run.path}{procs}")
-        try:
-            trainer = Trainer(config, run, log=log, init=init)
-        except BaseException as exc:
-            if dist.is_main:  # a run that never started training still says why
-                run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc)
-            raise
-        if dist.is_main:
-            save_config(config, run.path / "config.yaml")  # now with the tokenizer's vocab_size
-        trainer.fit(stop_after)
-        trainer.final_sample()
-        trainer.say_if_stopped_on_budget()
-    finally:
-        run.release_lock()
-    return run
-
-
-def _become_writer(run: Run, log) -> None:
-    """Take the run's lock, then clear what a killed writer left half-written (no one else can be
-    writing it now)."""
-    run.take_lock()
-    removed = remove_unfinished(run.path / "checkpoints") + remove_temporaries(run.path)
-    if removed:
-        log(f"removed {len(removed)} unfinished file(s) of a killed process: {', '.join(removed)}")
-
-
-def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
-    """Continue `run` from its latest checkpoint, exactly where it stopped.
-
-    `changes`: `train.max_steps=N` / `train.max_minutes=M` items, a new budget (see
-    change_budget). The lock is taken before anything is read or written: a second writer of the
-    same run stops at once with a one-line error naming the first (under torchrun, rank 0 holds it).
-    A LoRA run's checkpoints hold its adapters only: the base model it recorded is loaded again
-    (and refused if its weights changed).
-    """
-    config = run.config
-    dist = init_distributed(pick_device(config.train.device))
-    dist.from_main(lambda: _become_writer(run, log))
-    try:
-        # A damaged or hostile checkpoint is refused before data and a model are built to
-        # resume into.
-        path = checkpoint_path(run.path / "checkpoints")
-        init = None
-        if config.lora.rank:
-            base = run.manifest.base_model
-            if base is None:
-                raise ShoshinError(
-                    f"LoRA run {run.id} does not record its base model; cannot resume"
-                )
-            init = load_recorded_base(base.source, base.path, base.weights_sha256, f"run {run.id}")
-            init.check_describes(config.model, str(run.path / CONFIG))
-            read_state(path)  # the adapters are checked by name and shape as they load
-        else:
-            verify_checkpoint(path, config.model, str(run.path / CONFIG))
-        changed = change_budget(config, changes)
-        trainer = Trainer(config, run, log=log, init=init)
-        trainer.load("latest")
-        if config.train.max_steps < trainer.step:
-            raise ShoshinError(
-                f"train.max_steps={config.train.max_steps} is before the run's step "
-                f"{trainer.step}; give at least {trainer.step}"
-            )
-        trainer.record_resume(changed)
-        trainer.fit()
-        trainer.final_sample()
-        trainer.say_if_stopped_on_budget()
-    finally:
-        run.release_lock()
-    return run
-
-
-def change_budget(config: Config, changes: Sequence[str]) -> dict[str, list[Any]]:
-    """Apply a resume's new budget to `config`; returns what changed, {key: [before, after]}.
-
-    The learning-rate schedule is the one the run trained with: when max_steps moves, the cosine
-    still reaches min_lr where it did (train.lr_decay_steps keeps the old max_steps), and steps past
-    it train at min_lr, as nanoGPT's lr_decay_iters does. The LR never jumps on a resume.
-    """
-    tc = config.train
-    keys = ("max_steps", "max_minutes", "lr_decay_steps")
-    before = {k: getattr(tc, k) for k in keys}
-    apply_overrides(config, list(changes))
-    if tc.max_steps != before["max_steps"] and not tc.lr_decay_steps:
-        tc.lr_decay_steps = before["max_steps"]
-    return {f"train.{k}": [before[k], getattr(tc, k)] for k in keys if getattr(tc, k) != before[k]}

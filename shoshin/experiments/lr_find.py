@@ -126,25 +126,10 @@ def lr_find(
     )
     losses: list[float] = []
     smoothed: list[float] = []
-    diverged = False
     started = time.monotonic()
     try:
         model.train()
-        for step in range(steps):
-            loss, lr = train_step(step)
-            if not math.isfinite(loss):
-                diverged = True
-                break
-            losses.append(loss)
-            smoothed = smooth(losses, beta)
-            run.append_metrics(
-                {"step": step + 1, "lr": lr, "train_loss": loss, "smoothed_loss": smoothed[-1]}
-            )
-            if (step + 1) % 25 == 0:
-                log(f"step {step + 1}/{steps} | lr {lr:.2e} | loss {smoothed[-1]:.4f}")
-            if smoothed[-1] > DIVERGENCE_FACTOR * min(smoothed):
-                diverged = True
-                break
+        diverged = _sweep(train_step, steps, beta, run, log, losses, smoothed)
         if len(losses) < 2:
             raise ShoshinError(
                 f"the loss diverged within {len(losses) + 1} steps of --start-lr {start_lr:g}; "
@@ -179,6 +164,33 @@ def lr_find(
     return LrFindResult(
         run, lrs[: len(losses)], losses, smoothed, suggested, rule, steepest, diverged, plot
     )
+
+
+def _sweep(
+    train_step: TrainStep,
+    steps: int,
+    beta: float,
+    run: Run,
+    log,
+    losses: list[float],
+    smoothed: list[float],
+) -> bool:
+    """Train one step per learning rate, appending to `losses` and `smoothed` (filled in place, so
+    an interrupt keeps what was done); True when the loss diverged before the last step."""
+    for step in range(steps):
+        loss, lr = train_step(step)
+        if not math.isfinite(loss):
+            return True
+        losses.append(loss)
+        smoothed[:] = smooth(losses, beta)
+        run.append_metrics(
+            {"step": step + 1, "lr": lr, "train_loss": loss, "smoothed_loss": smoothed[-1]}
+        )
+        if (step + 1) % 25 == 0:
+            log(f"step {step + 1}/{steps} | lr {lr:.2e} | loss {smoothed[-1]:.4f}")
+        if smoothed[-1] > DIVERGENCE_FACTOR * min(smoothed):
+            return True
+    return False
 
 
 def _plot_png(lrs: list[float], losses: list[float], smoothed: list[float], lr: float) -> bytes:

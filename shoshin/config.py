@@ -19,8 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from shoshin.architectures import architecture
 from shoshin.errors import ShoshinError
 from shoshin.storage.text import read_text_file
@@ -312,7 +310,14 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("shoshin") / "presets" / f"{name}.yaml"))
 
 
+def _yaml() -> types.ModuleType:
+    import yaml  # ~50 ms: paid by the commands that read or write a config, not by --help
+
+    return yaml
+
+
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    yaml = _yaml()
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -353,7 +358,7 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ShoshinError(f"override {item!r} must look like section.key=value")
-        set_value(config, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        set_value(config, key.strip(), _yaml().safe_load(raw) if raw.strip() else "")
     return config.validate()
 
 
@@ -426,7 +431,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 def to_yaml(config: Config) -> str:
     """The config as the YAML that save_config writes and load_config reads back."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return _yaml().safe_dump(config.to_dict(), sort_keys=False)
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -28,6 +28,7 @@ from shoshin.storage.manifest import (
     MANIFEST,
     DamagedRecord,
     Manifest,
+    MetricsRow,
     append_metrics,
     read_manifest,
     read_metrics,
@@ -131,10 +132,10 @@ class Run:
         except OSError:
             return None
 
-    def metrics(self) -> list[dict[str, Any]]:
+    def metrics(self) -> list[MetricsRow]:
         return read_metrics(self.path)
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
+    def append_metrics(self, row: MetricsRow) -> None:
         append_metrics(self.path, row)
         if self.mirror is not None:
             self.mirror.log_metrics(row)

@@ -1,4 +1,5 @@
-"""The typed record of a run: `manifest.json` and `metrics.jsonl`, read and written here only.
+"""The typed record of a run: `manifest.json` and `metrics.jsonl` (rows typed as `MetricsRow`),
+read and written here only.
 
 The manifest is one JSON object. Its top level holds who the run is and how it ended (identity,
 command, times, status, results); the facts gathered about it are sections, each a dataclass
@@ -19,7 +20,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from shoshin.errors import ShoshinError
 from shoshin.storage.files import add_path, atomic_write_json, atomic_write_text
@@ -389,7 +390,21 @@ def _plain(value: Any) -> Any:
 # -- metrics -------------------------------------------------------------------------------
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+class MetricsRow(TypedDict, total=False):
+    """One line of metrics.jsonl: the numbers logged at a step. Every value is a number; keys
+    beyond these (`val_bits_per_char`, `val_bits_per_byte`) may appear."""
+
+    step: Required[int]
+    train_loss: float  # training steps
+    lr: float
+    tokens_per_sec: float
+    elapsed: float  # seconds of training so far
+    val_loss: float  # evaluation steps
+    val_ppl: float
+    smoothed_loss: float  # lr-find
+
+
+def read_metrics(run_dir: Path) -> list[MetricsRow]:
     """The rows of metrics.jsonl: one object per logged step, each with an integer `step`.
 
     Reading stops at the first row that is not one (a line cut short by a killed process, or
@@ -424,7 +439,7 @@ def _is_metrics_row(row: Any) -> bool:
     )
 
 
-def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+def append_metrics(run_dir: Path, row: MetricsRow) -> None:
     """Add one row to metrics.jsonl (a row cut short by a full disk is where reading stops)."""
     path = Path(run_dir) / METRICS
     try:
@@ -435,6 +450,6 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
         raise
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(run_dir: Path, rows: list[MetricsRow]) -> None:
     """Replace metrics.jsonl with `rows` atomically (used when a resume drops later rows)."""
     atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))

@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.sampling import (
-    SamplingParams,
     TokenHistory,
     ends_with_stop,
     make_generator,

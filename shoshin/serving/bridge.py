@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from shoshin.data.tokenizers import Tokenizer
 from shoshin.generation.engine import TokenLogprob
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.streaming import ReplyText
 from shoshin.serving.errors import APIError
 

@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 from shoshin.serving.bridge import Choices, Delta
 from shoshin.serving.service import Server
 

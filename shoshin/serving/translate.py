@@ -14,7 +14,7 @@ from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.chat import fit_messages
 from shoshin.generation.engine import TokenLogprob
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.streaming import StreamDecoder, token_bytes, token_text
 from shoshin.serving.errors import APIError
 from shoshin.serving.schemas import (

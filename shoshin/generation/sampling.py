@@ -66,6 +66,9 @@ class SamplingParams:
     stop_sequences: Sequence[Sequence[int]] = ()  # ... or after any of these runs of tokens
     logprobs: int | None = None  # per new token: its log-probability and this many top alternatives
     prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
+    # A Lark grammar (llguidance's dialect; `%json {SCHEMA}` is a JSON value valid against SCHEMA)
+    # that the new tokens must match: the engine masks every other token before sampling.
+    grammar: str | None = None
 
     def validate(self, vocab_size: int | None = None) -> SamplingParams:
         """Check every value; a bad one is a ShoshinError naming it. Returns self."""
@@ -155,18 +158,22 @@ def sample_next(
     params: Sequence[SamplingParams],
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
+    allowed: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
     history and generator, so that a row's choice never depends on the other rows of the batch.
 
-    Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
+    Order: logit_bias and the penalties, then a row's `allowed` mask (vocab,) bool, if it has one,
+    sets every other logit to -inf (its grammar, see generation.constraints), then greedy rows
+    take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
     with one uniform number from their own generator. Rows are computed together (no Python
     loop over the vocabulary), except the per-row options that need one.
     """
     B, V = logits.shape
     x = logits.float()
-    if any(p.logit_bias or p.penalised for p in params):
+    masked = [b for b, m in enumerate(allowed or ()) if m is not None]
+    if masked or any(p.logit_bias or p.penalised for p in params):
         x = x.clone()  # (B, V): changed in place below
     for b, (p, history) in enumerate(zip(params, histories, strict=True)):
         if p.logit_bias:
@@ -175,6 +182,10 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
+    if masked:
+        keep = torch.stack([allowed[b] for b in masked]).to(x.device)  # (M, V)
+        rows = torch.tensor(masked, device=x.device)
+        x[rows] = x[rows].masked_fill(~keep, float("-inf"))
     tokens = torch.zeros(B, dtype=torch.long, device=x.device)
     greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]
@@ -294,17 +305,22 @@ def naive_generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     logits_out: list[torch.Tensor] | None = None,
+    constraints=None,
 ) -> list[int]:
     """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
 
     The reference the engine is held to: a model with a window (a GPT) sees the last
     `context_window` tokens, so its window slides by one token; a recurrent model sees everything.
-    Stops after a stop token or stop sequence (kept in the output). With `logits_out`, each step's
-    raw next-token logits (1, vocab) are appended to it.
+    Stops after a stop token or stop sequence (kept in the output), or where params.grammar (which
+    needs `constraints`, a generation.constraints.Constraints) is complete. With `logits_out`,
+    each step's raw next-token logits (1, vocab) are appended to it.
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token")
     params.validate()
+    if params.grammar is not None and constraints is None:
+        raise ValueError("a grammar needs `constraints` (the vocabulary's Constraints)")
+    constraint = constraints.start(params.grammar, params.stop_ids) if params.grammar else None
     device = next(model.parameters()).device
     generator = make_generator(params.seed)
     was_training = model.training
@@ -318,9 +334,14 @@ def naive_generate(
             logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
             if logits_out is not None:
                 logits_out.append(logits)
-            token = int(sample_next(logits, [params], [history], [generator])[0])
+            allowed = [constraint.allowed() if constraint else None]
+            token = int(sample_next(logits, [params], [history], [generator], allowed)[0])
             history.ids.append(token)
+            if constraint is not None:
+                constraint.advance(token)
             if ends_with_stop(history.generated, stops, params.stop_sequences):
+                break
+            if constraint is not None and constraint.done:
                 break
     finally:
         model.train(was_training)

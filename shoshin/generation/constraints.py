@@ -1,0 +1,159 @@
+"""Grammar-constrained decoding: each row may carry a grammar its output must match.
+
+A generation whose SamplingParams has a `grammar` (a Lark grammar in llguidance's dialect, where
+`%json {SCHEMA}` stands for any JSON value valid against SCHEMA) gets a `RowConstraint` from the
+engine's `Constraints`; the one decode loop (shoshin.generation.engine.Batch) asks it for the
+tokens allowed next, masks every other logit to -inf before sampling, and tells it each token
+chosen. So constrained rows share batches, streaming, n > 1, log-probabilities, penalties and stop
+sequences with every other row; nothing here decodes.
+
+The library is llguidance (the `structured` extra), chosen by measurement (docs/BENCHMARKS.md,
+benchmarks/grammar_libraries.py): it takes any vocabulary as a list of token bytes (shoshin's char
+and byte-level BPE tokenizers as well as Hugging Face ones), compiles a schema in milliseconds
+without a per-vocabulary precomputation, computes a mask in tens of microseconds, and names the
+JSON Schema keywords it cannot enforce instead of silently dropping them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+from shoshin.data.tokenizers import Tokenizer
+from shoshin.errors import ShoshinError
+from shoshin.generation.streaming import token_bytes
+
+EXTRA_MISSING = (
+    "constrained decoding (response_format, tools) needs the `structured` extra: "
+    "pip install 'shoshin[structured]'"
+)
+# Compact JSON, as OpenAI's structured output writes it: without whitespace between tokens an
+# untrained model cannot wander in blank space instead of closing the value.
+JSON_OPTIONS = {"whitespace_flexible": False}
+ANY_JSON_OBJECT = {"type": "object"}
+_COMPILED = 64  # distinct grammars kept compiled (a matcher is cheap to copy, slower to build)
+_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit i of a mask word is token 32 x word + i
+
+
+def token_table(tokenizer: Tokenizer) -> list[bytes]:
+    """The bytes each token id stands for; special tokens (which text never produces) are empty."""
+    specials = set(tokenizer.special_tokens.values())
+    return [
+        b"" if i in specials else token_bytes(tokenizer, i) for i in range(tokenizer.vocab_size)
+    ]
+
+
+class _Wrapper:
+    """What llguidance reads of a tokenizer: token bytes, an end token, and an encoder (used only
+    for the fixed strings of a grammar; masks are computed on bytes, so any vocabulary works)."""
+
+    def __init__(self, table: Sequence[bytes], eos: int, encode):
+        self.tokens = list(table)
+        self.eos_token_id = eos
+        self.bos_token_id = None
+        self.special_token_ids = [i for i, t in enumerate(table) if not t]
+        self.is_tokenizer_wrapper = True
+        self._encode = encode
+
+    def __call__(self, text: bytes | str) -> list[int]:
+        return self._encode(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
+def json_schema_grammar(schema: dict) -> str:
+    """The grammar of one JSON value valid against `schema` (JSON Schema, draft 2020-12 subset)."""
+    return "start: %json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS})
+
+
+def check_installed() -> None:
+    """A ShoshinError naming the extra to install when llguidance is missing."""
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        raise ShoshinError(EXTRA_MISSING) from None
+
+
+class Constraints:
+    """Compiles grammars against one tokenizer's vocabulary and starts a RowConstraint per row.
+
+    `end_id` is the token llguidance offers when the grammar may end (the row's own stop tokens
+    stand in for it, see RowConstraint.allowed).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, end_id: int | None = None):
+        check_installed()
+        import llguidance
+
+        self.table = token_table(tokenizer)
+        self.vocab_size = len(self.table)
+        specials = [i for i, t in enumerate(self.table) if not t]
+        if end_id is None:
+            end_id = specials[0] if specials else self.vocab_size - 1
+        self.end_id = end_id
+        wrapper = _Wrapper(self.table, end_id, tokenizer.encode)
+        self.lltok = llguidance.LLTokenizer(wrapper, slices=llguidance.LLTokenizer.json_slices())
+        self._compiled: OrderedDict[str, object] = OrderedDict()
+
+    def compile(self, grammar: str):
+        """A fresh matcher for `grammar`; an invalid or unsupported one is a ShoshinError naming
+        what the library refused (e.g. an unsupported JSON Schema keyword)."""
+        import llguidance
+
+        matcher = self._compiled.get(grammar)
+        if matcher is None:
+            text = llguidance.LLMatcher.grammar_from_lark(grammar)
+            matcher = llguidance.LLMatcher(self.lltok, text, log_level=0)
+            if matcher.is_error():
+                raise ShoshinError(_plain_error(matcher.get_error()))
+            self._compiled[grammar] = matcher
+            if len(self._compiled) > _COMPILED:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(grammar)
+        return matcher.deep_copy()
+
+    def start(self, grammar: str, stop_ids: Sequence[int]) -> RowConstraint:
+        """The constraint state of one new row generating under `grammar`."""
+        return RowConstraint(self, self.compile(grammar), stop_ids)
+
+
+class RowConstraint:
+    """One row's place in its grammar: which tokens may come next, and whether it may end."""
+
+    def __init__(self, constraints: Constraints, matcher, stop_ids: Sequence[int]):
+        self.constraints, self.matcher = constraints, matcher
+        self.stop_ids = list(stop_ids)
+        self._bits = torch.zeros((constraints.vocab_size + 31) // 32, dtype=torch.int32)
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and allows nothing more: the row ends here ("stop")."""
+        return self.matcher.is_stopped()
+
+    def allowed(self) -> torch.Tensor:
+        """A (vocab,) bool mask of the tokens the grammar allows next. Where it may end, the row's
+        stop tokens are allowed (it then ends as any reply does); they never are before."""
+        bits = self._bits
+        self.matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * 4)
+        mask = ((bits[:, None] >> _SHIFTS) & 1).flatten()[: self.constraints.vocab_size].bool()
+        end = self.constraints.end_id
+        may_end = bool(mask[end]) or self.matcher.is_accepting()
+        mask[end] = False
+        if may_end and self.stop_ids:
+            mask[self.stop_ids] = True
+        if not mask.any():  # the matcher failed (a bug or a limit): end rather than emit anything
+            mask[self.stop_ids or [end]] = True
+        return mask
+
+    def advance(self, token: int) -> None:
+        """Tell the grammar the token chosen (a stop token ends the row and is not its text)."""
+        if token not in self.stop_ids:
+            self.matcher.consume_token(token)
+
+
+def _plain_error(message: str) -> str:
+    """llguidance's error, on one line, without its internal location prefixes."""
+    line = " ".join(message.split()).split(" 1 | ")[0]  # the rest quotes the grammar
+    line = line.split("failed to compile JSON schema:")[-1].strip()
+    return f"the grammar cannot be enforced: {line}"

@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from shoshin.errors import ShoshinError
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.sampling import (
-    SamplingParams,
     TokenHistory,
     ends_with_stop,
     make_generator,

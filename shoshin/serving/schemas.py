@@ -4,7 +4,7 @@ Unknown fields are accepted and ignored, as OpenAI clients send many optional on
 read are typed and bounded, so a bad value is a 400 with the field's name, never a crash.
 
 Sampling fields named like a `SamplingParams` field are copied into it by name (see
-`Server.params`); those marked SETTING also appear in the web page's settings, which are built from
+`translate.sampling_params`); those marked SETTING also appear in the web page's settings, which are built from
 this schema. Adding a sampling option: the field in SamplingParams, its handling in
 `sample_next`, and one field here.
 """

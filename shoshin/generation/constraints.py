@@ -17,11 +17,14 @@ JSON Schema keywords it cannot enforce instead of silently dropping them.
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 
+from shoshin.data.chat import CALL_CLOSE, CALL_OPEN
 from shoshin.data.tokenizers import Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.streaming import token_bytes
@@ -30,9 +33,10 @@ EXTRA_MISSING = (
     "constrained decoding (response_format, tools) needs the `structured` extra: "
     "pip install 'shoshin[structured]'"
 )
-# Compact JSON, as OpenAI's structured output writes it: without whitespace between tokens an
-# untrained model cannot wander in blank space instead of closing the value.
-JSON_OPTIONS = {"whitespace_flexible": False}
+# JSON as Python's json.dumps writes it (", " and ": ", no other whitespace between tokens): the
+# tool-call format's own spelling (shoshin.data.chat), and an untrained model cannot wander in
+# blank space instead of closing the value.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_JSON_OBJECT = {"type": "object"}
 _COMPILED = 64  # distinct grammars kept compiled (a matcher is cheap to copy, slower to build)
 _SHIFTS = torch.arange(32, dtype=torch.int32)  # bit i of a mask word is token 32 x word + i
@@ -67,6 +71,38 @@ def json_schema_grammar(schema: dict) -> str:
     return "start: %json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS})
 
 
+def tool_call_grammar(
+    functions: Sequence[tuple[str, dict]], parallel: bool = True, free: str | None = None
+) -> str:
+    """The grammar of a reply that calls one of `functions` ((name, JSON Schema of its arguments)):
+    `<tool_call>{"name": NAME, "arguments": {...}}</tool_call>` lines, one or (parallel) more.
+
+    `free` (None: a call is required) is what the model may write instead: "text" (anything not
+    starting with a call) or a JSON Schema's grammar from json_schema_grammar."""
+    one_of = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": arguments},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name, arguments in functions
+    ]
+    call = {"anyOf": one_of} if len(one_of) > 1 else one_of[0]
+    rules = [
+        "calls: call" + (' ("\\n" call)*' if parallel else ""),
+        f"call: {json.dumps(CALL_OPEN)} %json {json.dumps({**call, 'x-guidance': JSON_OPTIONS})}"
+        f" {json.dumps(CALL_CLOSE)}",
+    ]
+    if free is None:
+        return "\n".join(["start: calls", *rules])
+    if free == "text":
+        other = ['free: TEXT | ""', f"TEXT: /(?s:.+)/ & ~/(?s:{re.escape(CALL_OPEN)}.*)/"]
+    else:
+        other = ["free: " + free.removeprefix("start: ")]
+    return "\n".join(["start: calls | free", *rules, *other])
+
+
 def check_installed() -> None:
     """A ShoshinError naming the extra to install when llguidance is missing."""
     try:
@@ -95,23 +131,25 @@ class Constraints:
         wrapper = _Wrapper(self.table, end_id, tokenizer.encode)
         self.lltok = llguidance.LLTokenizer(wrapper, slices=llguidance.LLTokenizer.json_slices())
         self._compiled: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
 
     def compile(self, grammar: str):
         """A fresh matcher for `grammar`; an invalid or unsupported one is a ShoshinError naming
         what the library refused (e.g. an unsupported JSON Schema keyword)."""
         import llguidance
 
-        matcher = self._compiled.get(grammar)
-        if matcher is None:
-            text = llguidance.LLMatcher.grammar_from_lark(grammar)
-            matcher = llguidance.LLMatcher(self.lltok, text, log_level=0)
-            if matcher.is_error():
-                raise ShoshinError(_plain_error(matcher.get_error()))
-            self._compiled[grammar] = matcher
-            if len(self._compiled) > _COMPILED:
-                self._compiled.popitem(last=False)
-        self._compiled.move_to_end(grammar)
-        return matcher.deep_copy()
+        with self._lock:  # requests' threads and the scheduler's compile and share the cache
+            matcher = self._compiled.get(grammar)
+            if matcher is None:
+                text = llguidance.LLMatcher.grammar_from_lark(grammar)
+                matcher = llguidance.LLMatcher(self.lltok, text, log_level=0)
+                if matcher.is_error():
+                    raise ShoshinError(_plain_error(matcher.get_error()))
+                self._compiled[grammar] = matcher
+                if len(self._compiled) > _COMPILED:
+                    self._compiled.popitem(last=False)
+            self._compiled.move_to_end(grammar)
+            return matcher.deep_copy()
 
     def start(self, grammar: str, stop_ids: Sequence[int]) -> RowConstraint:
         """The constraint state of one new row generating under `grammar`."""

@@ -16,12 +16,14 @@ JSON Schema keywords it cannot enforce instead of silently dropping them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from shoshin.data.chat import CALL_CLOSE, CALL_OPEN
@@ -39,7 +41,9 @@ EXTRA_MISSING = (
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_JSON_OBJECT = {"type": "object"}
 _COMPILED = 64  # distinct grammars kept compiled (a matcher is cheap to copy, slower to build)
-_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit i of a mask word is token 32 x word + i
+# Byte value -> its 8 bits, lowest first: a packed mask's bytes (little-endian words) unpack to
+# tokens 8 x byte + bit in one lookup.
+_BYTE_BITS = (torch.arange(256)[:, None] >> torch.arange(8) & 1).bool()
 
 
 def token_table(tokenizer: Tokenizer) -> list[bytes]:
@@ -60,10 +64,12 @@ class _Wrapper:
         self.bos_token_id = None
         self.special_token_ids = [i for i, t in enumerate(table) if not t]
         self.is_tokenizer_wrapper = True
-        self._encode = encode
+        # llguidance asks for the same few strings (a schema's keys) over and over while decoding
+        self._encode = functools.lru_cache(maxsize=4096)(encode)
 
     def __call__(self, text: bytes | str) -> list[int]:
-        return self._encode(text.decode("utf-8") if isinstance(text, bytes) else text)
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        return list(self._encode(text))
 
 
 def json_schema_grammar(schema: dict) -> str:
@@ -155,34 +161,58 @@ class Constraints:
         """The constraint state of one new row generating under `grammar`."""
         return RowConstraint(self, self.compile(grammar), stop_ids)
 
+    def allowed(self, rows: Sequence[RowConstraint | None]) -> torch.Tensor | None:
+        """A (rows, vocab) bool mask of the tokens each row may choose next: its grammar's, or
+        every token for a row without one (None when no row has one).
+
+        Where a grammar may end, the row's stop tokens are allowed (it then ends as any reply
+        does); they never are before, and a row whose matcher failed may only stop. The masks are
+        written row by row into one packed buffer (llguidance's thread pool costs more than it
+        saves at these sizes, measured), adjusted through a numpy view, and unpacked by one
+        table lookup: a handful of tensor operations per step, whatever the number of rows.
+        """
+        live = [i for i, r in enumerate(rows) if r is not None]
+        if not live:
+            return None
+        words = (self.vocab_size + 31) // 32
+        bits = torch.full((len(rows), words), -1, dtype=torch.int32)  # -1: every token
+        packed = bits.numpy().view(np.uint32)  # shares the memory; cheap scalar access
+        base, stride = bits.data_ptr(), words * 4
+        for i in live:
+            matcher, stops = rows[i].matcher, rows[i].stop_ids
+            matcher.unsafe_compute_mask_ptr(base + i * stride, stride)
+            if matcher.is_error():
+                packed[i] = 0
+            _set_bit(packed[i], self.end_id, False)
+            if matcher.is_accepting() or matcher.is_error():
+                for token in stops or [self.end_id]:
+                    _set_bit(packed[i], token, True)
+        masks = _BYTE_BITS[bits.view(torch.uint8).long()]  # (rows, words x 4, 8)
+        return masks.view(len(rows), -1)[:, : self.vocab_size]
+
+
+def _set_bit(words: np.ndarray, token: int, value: bool) -> None:
+    """Allow (True) or forbid (False) `token` in one row of a packed mask (bit t % 32 of word
+    t // 32, as llguidance writes it)."""
+    bit = np.uint32(1 << (token % 32))
+    if value:
+        words[token // 32] |= bit
+    else:
+        words[token // 32] &= ~bit
+
 
 class RowConstraint:
-    """One row's place in its grammar: which tokens may come next, and whether it may end."""
+    """One row's place in its grammar: whether it is complete, and telling it each token chosen
+    (the mask of what may come next is computed for all rows at once: Constraints.allowed)."""
 
     def __init__(self, constraints: Constraints, matcher, stop_ids: Sequence[int]):
         self.constraints, self.matcher = constraints, matcher
         self.stop_ids = list(stop_ids)
-        self._bits = torch.zeros((constraints.vocab_size + 31) // 32, dtype=torch.int32)
 
     @property
     def done(self) -> bool:
         """The grammar is complete and allows nothing more: the row ends here ("stop")."""
         return self.matcher.is_stopped()
-
-    def allowed(self) -> torch.Tensor:
-        """A (vocab,) bool mask of the tokens the grammar allows next. Where it may end, the row's
-        stop tokens are allowed (it then ends as any reply does); they never are before."""
-        bits = self._bits
-        self.matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * 4)
-        mask = ((bits[:, None] >> _SHIFTS) & 1).flatten()[: self.constraints.vocab_size].bool()
-        end = self.constraints.end_id
-        may_end = bool(mask[end]) or self.matcher.is_accepting()
-        mask[end] = False
-        if may_end and self.stop_ids:
-            mask[self.stop_ids] = True
-        if not mask.any():  # the matcher failed (a bug or a limit): end rather than emit anything
-            mask[self.stop_ids or [end]] = True
-        return mask
 
     def advance(self, token: int) -> None:
         """Tell the grammar the token chosen (a stop token ends the row and is not its text)."""

@@ -154,7 +154,7 @@ class Batch:
             [g.params for g in gens],
             [g.history for g in gens],
             [g.generator for g in gens],
-            [g.constraint.allowed() if g.constraint else None for g in gens],
+            self._allowed(gens),
         ).tolist()
         want = [i for i, g in enumerate(gens) if g.params.logprobs is not None]
         if want:
@@ -206,6 +206,12 @@ class Batch:
                 self.cache.reset(b)
             else:
                 self.rows[b].logits = logits[b]
+
+    def _allowed(self, gens: list[Generation]) -> torch.Tensor | None:
+        """The (rows, vocab) mask of the tokens the rows' grammars allow (None: no grammar)."""
+        if self.engine.constraints is None:
+            return None
+        return self.engine.constraints.allowed([g.constraint for g in gens])
 
     def _finish(self, b: int, reason: str) -> None:
         self.rows[b].finish_reason = reason

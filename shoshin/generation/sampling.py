@@ -37,22 +37,21 @@ def sample_next(
     params: Sequence[SamplingParams],
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
-    allowed: Sequence[torch.Tensor | None] | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
     history and generator, so that a row's choice never depends on the other rows of the batch.
 
-    Order: logit_bias and the penalties, then a row's `allowed` mask (vocab,) bool, if it has one,
-    sets every other logit to -inf (its grammar, see generation.constraints), then greedy rows
-    take the argmax; the others are divided
+    Order: logit_bias and the penalties, then `allowed` (B, vocab) bool, when given, sets every
+    token a row may not choose to -inf (rows' grammars, see generation.constraints), then greedy
+    rows take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
     with one uniform number from their own generator. Rows are computed together (no Python
     loop over the vocabulary), except the per-row options that need one.
     """
     B, V = logits.shape
     x = logits.float()
-    masked = [b for b, m in enumerate(allowed or ()) if m is not None]
-    if masked or any(p.logit_bias or p.penalised for p in params):
+    if any(p.logit_bias or p.penalised for p in params):
         x = x.clone()  # (B, V): changed in place below
     for b, (p, history) in enumerate(zip(params, histories, strict=True)):
         if p.logit_bias:
@@ -61,10 +60,8 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
-    if masked:
-        keep = torch.stack([allowed[b] for b in masked]).to(x.device)  # (M, V)
-        rows = torch.tensor(masked, device=x.device)
-        x[rows] = x[rows].masked_fill(~keep, float("-inf"))
+    if allowed is not None:
+        x = x.masked_fill(~allowed.to(x.device), float("-inf"))
     tokens = torch.zeros(B, dtype=torch.long, device=x.device)
     greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]
@@ -213,7 +210,7 @@ def naive_generate(
             logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
             if logits_out is not None:
                 logits_out.append(logits)
-            allowed = [constraint.allowed() if constraint else None]
+            allowed = constraints.allowed([constraint]) if constraint else None
             token = int(sample_next(logits, [params], [history], [generator], allowed)[0])
             history.ids.append(token)
             if constraint is not None:

@@ -120,10 +120,40 @@ def test_length_before_the_grammar_closes_says_length():
     assert tok.decode(g.tokens).startswith("[")
 
 
-def test_unsupported_keyword_is_named():
+SUPPORTED = [  # the subset the README promises
+    {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"required": ["a"]}]},
+    {"type": "array", "prefixItems": [{"type": "integer"}], "minItems": 1, "maxItems": 2},
+    {"oneOf": [{"type": "integer"}, {"const": "x"}]},
+    {
+        "$defs": {"n": {"type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}}},
+        "$ref": "#/$defs/n",
+    },
+    {"type": "object", "patternProperties": {"^a": {"type": "integer"}}, "minProperties": 1},
+    {"type": "string", "format": "email", "title": "t", "description": "d", "default": "x"},
+    {"type": "string", "format": "date-time"},
+    {"type": "string", "pattern": "^[a-z]+$", "minLength": 1, "maxLength": 3},
+    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 5, "multipleOf": 0.5},
+]
+
+
+@pytest.mark.parametrize("schema", SUPPORTED)
+def test_the_documented_subset_compiles(schema):
+    _, _, constraints = setup("bpe")
+    constraints.compile(json_schema_grammar(schema))
+
+
+@pytest.mark.parametrize(
+    "schema,named",
+    [
+        ({"not": {"type": "integer"}}, '"not"'),
+        ({"if": {"type": "integer"}, "then": {"minimum": 1}}, '"if", "then"'),
+        ({"type": "array", "uniqueItems": True}, '"uniqueItems"'),
+    ],
+)
+def test_unsupported_keywords_are_named(schema, named):
     engine, tok, _ = setup("bpe")
-    with pytest.raises(ShoshinError, match="not"):
-        engine.generation(tok.encode("hi"), params(tok, {"not": {"type": "integer"}}))
+    with pytest.raises(ShoshinError, match=f"unsupported JSON Schema keywords.*{named}"):
+        engine.generation(tok.encode("hi"), params(tok, schema))
 
 
 def test_a_grammar_without_a_vocabulary_is_an_error():

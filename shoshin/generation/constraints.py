@@ -224,4 +224,5 @@ def _plain_error(message: str) -> str:
     """llguidance's error, on one line, without its internal location prefixes."""
     line = " ".join(message.split()).split(" 1 | ")[0]  # the rest quotes the grammar
     line = line.split("failed to compile JSON schema:")[-1].strip()
+    line = line.replace("Unimplemented keys:", "unsupported JSON Schema keywords")
     return f"the grammar cannot be enforced: {line}"

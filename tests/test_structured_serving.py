@@ -259,3 +259,21 @@ def test_every_served_reply_validates(server, schema, seed, stream):
             assert jsonschema_rs.is_valid(schema, json.loads(texts[index])), texts[index]
         else:
             assert finish[index] == "length"
+
+
+def test_auto_tool_choice_replies_are_text_or_valid_calls(server):
+    client = _client(server)
+    for seed in range(4):
+        completion = client.chat.completions.create(
+            model="untrained", messages=ASK, tools=[WEATHER], seed=seed, max_tokens=60
+        )
+        choice = completion.choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                schema = WEATHER["function"]["parameters"]
+                assert jsonschema_rs.is_valid(schema, json.loads(call.function.arguments))
+        else:  # free text never begins a call it does not finish
+            assert choice.finish_reason in ("stop", "length")
+            content = choice.message.content or ""
+            assert not content.startswith("<tool_call>") or choice.finish_reason == "length"

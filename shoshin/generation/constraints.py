@@ -147,7 +147,10 @@ class Constraints:
         with self._lock:  # requests' threads and the scheduler's compile and share the cache
             matcher = self._compiled.get(grammar)
             if matcher is None:
-                text = llguidance.LLMatcher.grammar_from_lark(grammar)
+                try:
+                    text = llguidance.LLMatcher.grammar_from_lark(grammar)
+                except ValueError as exc:  # not a grammar at all
+                    raise ShoshinError(_plain_error(str(exc))) from None
                 matcher = llguidance.LLMatcher(self.lltok, text, log_level=0)
                 if matcher.is_error():
                     raise ShoshinError(_plain_error(matcher.get_error()))

@@ -37,11 +37,14 @@ def sample_next(
     params: Sequence[SamplingParams],
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
     history and generator, so that a row's choice never depends on the other rows of the batch.
 
-    Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
+    Order: logit_bias and the penalties, then `allowed` (B, vocab) bool, when given, sets every
+    token a row may not choose to -inf (rows' grammars, see generation.constraints), then greedy
+    rows take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
     with one uniform number from their own generator. Rows are computed together (no Python
     loop over the vocabulary), except the per-row options that need one.
@@ -57,6 +60,8 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
+    if allowed is not None:
+        x = x.masked_fill(~allowed.to(x.device), float("-inf"))
     tokens = torch.zeros(B, dtype=torch.long, device=x.device)
     greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]
@@ -176,17 +181,22 @@ def naive_generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     logits_out: list[torch.Tensor] | None = None,
+    constraints=None,
 ) -> list[int]:
     """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
 
     The reference the engine is held to: a model with a window (a GPT) sees the last
     `context_window` tokens, so its window slides by one token; a recurrent model sees everything.
-    Stops after a stop token or stop sequence (kept in the output). With `logits_out`, each step's
-    raw next-token logits (1, vocab) are appended to it.
+    Stops after a stop token or stop sequence (kept in the output), or where params.grammar (which
+    needs `constraints`, a generation.constraints.Constraints) is complete. With `logits_out`,
+    each step's raw next-token logits (1, vocab) are appended to it.
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token")
     params.validate()
+    if params.grammar is not None and constraints is None:
+        raise ValueError("a grammar needs `constraints` (the vocabulary's Constraints)")
+    constraint = constraints.start(params.grammar, params.stop_ids) if params.grammar else None
     device = next(model.parameters()).device
     generator = make_generator(params.seed)
     was_training = model.training
@@ -200,9 +210,14 @@ def naive_generate(
             logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
             if logits_out is not None:
                 logits_out.append(logits)
-            token = int(sample_next(logits, [params], [history], [generator])[0])
+            allowed = constraints.allowed([constraint]) if constraint else None
+            token = int(sample_next(logits, [params], [history], [generator], allowed)[0])
             history.ids.append(token)
+            if constraint is not None:
+                constraint.advance(token)
             if ends_with_stop(history.generated, stops, params.stop_sequences):
+                break
+            if constraint is not None and constraint.done:
                 break
     finally:
         model.train(was_training)

@@ -23,6 +23,7 @@ from shoshin.serving.schemas import (
     Trimmed,
 )
 from shoshin.serving.service import CurrentServer, Server
+from shoshin.serving.structured import CallStream, Structured, reply_message, structured_output
 from shoshin.serving.translate import (
     chat_logprobs,
     chat_prompt,
@@ -56,14 +57,20 @@ class _Chunks(Reply):
 async def chat_completions(body: ChatCompletionRequest, request: Request, server: CurrentServer):
     server.check_model(body.model)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    prompt, dropped = chat_prompt(server, body.messages, max_tokens)
+    structured = structured_output(server, body)
+    prompt, dropped = chat_prompt(server, body.messages, max_tokens, structured.tools)
     top = body.top_logprobs or 0
     params = sampling_params(
-        server, body, max_tokens, server.template.stop_ids, logprobs=top if body.logprobs else None
+        server,
+        body,
+        max_tokens,
+        server.template.stop_ids,
+        logprobs=top if body.logprobs else None,
+        grammar=structured.grammar,
     )
     server.check_capacity(len(params))
     stops = body.stop_strings() + server.template.stop_strings
-    reply = ChatReply(server, body, len(prompt), dropped)
+    reply = ChatReply(server, body, len(prompt), dropped, structured)
     return await respond(server, request, reply, [prompt] * len(params), params, stops, body.stream)
 
 
@@ -71,9 +78,15 @@ class ChatReply(_Chunks):
     """A chat completion, or its `chat.completion.chunk`s ending in `[DONE]`."""
 
     def __init__(
-        self, server: Server, body: ChatCompletionRequest, prompt_tokens: int, dropped: int
+        self,
+        server: Server,
+        body: ChatCompletionRequest,
+        prompt_tokens: int,
+        dropped: int,
+        structured: Structured,
     ):
         self.server, self.body, self.prompt_tokens = server, body, prompt_tokens
+        self.structured = structured
         self.headers = {TRIMMED_HEADER: str(dropped)}
         self.trimmed = Trimmed(dropped_messages=dropped) if dropped else None
         self.meta = {
@@ -94,14 +107,24 @@ class ChatReply(_Chunks):
             yield sse({**self.chunk_meta, "choices": [first], **extra})
 
     def chunk(self, choices: Choices, delta: Delta):
-        choice = {
-            "index": delta.index,
-            "delta": {"content": delta.text} if delta.text else {},
-            "finish_reason": delta.finish_reason,
-        }
-        if self.body.logprobs:
-            choice["logprobs"] = chat_logprobs(self.server.tokenizer, delta.tokens).model_dump()
-        yield sse({**self.chunk_meta, "choices": [choice]})
+        if self.structured.calls:  # text that may be a tool call waits until it is known
+            stream = self.structured.streams.setdefault(delta.index, CallStream())
+            pieces = stream.push(delta.text, delta.finish_reason)
+        else:
+            pieces = [{"content": delta.text}] if delta.text else []
+            if delta.finish_reason is not None:
+                pieces.append({"finish_reason": delta.finish_reason})
+        if self.body.logprobs and delta.tokens and not pieces:
+            pieces = [{}]  # the tokens' log-probabilities go out with them, text or not
+        for k, piece in enumerate(pieces):
+            choice = {
+                "index": delta.index,
+                "delta": {} if "finish_reason" in piece else piece,
+                "finish_reason": piece.get("finish_reason"),
+            }
+            if self.body.logprobs and k == 0:
+                choice["logprobs"] = chat_logprobs(self.server.tokenizer, delta.tokens).model_dump()
+            yield sse({**self.chunk_meta, "choices": [choice]})
 
     def whole(self, choices: Choices, texts: list[str]) -> ChatCompletion:
         server = self.server
@@ -113,16 +136,21 @@ class ChatReply(_Chunks):
         return ChatCompletion(
             **self.meta,
             choices=[
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=server.template.reply_content(text)),
-                    finish_reason=c.finish_reason,
-                    logprobs=logprobs(c),
-                )
+                self.choice(i, server.template.reply_content(text), c.finish_reason, logprobs(c))
                 for i, (text, c) in enumerate(zip(texts, choices.items, strict=True))
             ],
             usage=usage(self.prompt_tokens, generated_tokens(choices)),
             shoshin=self.trimmed,
+        )
+
+    def choice(self, index: int, text: str, finish_reason: str, logprobs) -> ChatChoice:
+        """One whole choice: its text, or the tool calls it holds."""
+        content, calls, reason = reply_message(self.structured, text, finish_reason)
+        return ChatChoice(
+            index=index,
+            message=AssistantMessage(content=content, tool_calls=calls),
+            finish_reason=reason,
+            logprobs=logprobs,
         )
 
 

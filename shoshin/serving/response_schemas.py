@@ -7,12 +7,12 @@ Text input or a list of input messages, `instructions`, `max_output_tokens`, `te
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
-from pydantic_core import PydanticCustomError
 
 from shoshin.serving.wire import (
+    RESPONSES_UNSUPPORTED,
     Bool,
     Int,
     Lenient,
@@ -21,18 +21,6 @@ from shoshin.serving.wire import (
     sampling_fields,
     unsupported_fields,
 )
-
-UNSUPPORTED_HERE = [
-    "previous_response_id",
-    "conversation",
-    "tools",
-    "tool_choice",
-    "reasoning",
-    "background",
-    "prompt",
-    "include",
-    "max_tool_calls",
-]
 
 
 class InputText(Lenient):
@@ -53,25 +41,29 @@ class InputMessage(Lenient):
         return "".join(part.text for part in self.content)
 
 
-class TextFormat(Lenient):
-    type: Literal["text"] = Field(
-        "text", description="plain text; json_object and json_schema are not supported yet"
-    )
+class PlainText(Lenient):
+    type: Literal["text"]
 
-    @field_validator("type", mode="before")
-    @classmethod
-    def _structured(cls, value: Any) -> Any:
-        if value in ("json_object", "json_schema"):
-            raise PydanticCustomError(
-                "unsupported",
-                "structured output (format {kind}) is not supported yet",
-                {"kind": value},
-            )
-        return value
+
+class JsonObject(Lenient):
+    type: Literal["json_object"]
+
+
+class JsonSchema(Request):
+    type: Literal["json_schema"]
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
+    strict: Bool | None = Field(None, description="shoshin always enforces the schema")
+
+
+TextFormat = Annotated[PlainText | JsonObject | JsonSchema, Field(discriminator="type")]
 
 
 class TextConfig(Request):
-    format: TextFormat | None = None
+    format: TextFormat | None = Field(
+        None, description="text, or a JSON object / a JSON value valid against a schema"
+    )
 
 
 class ResponseRequest(
@@ -79,7 +71,7 @@ class ResponseRequest(
         "_ResponseBase",
         __base__=Request,
         **sampling_fields(["temperature", "top_p"]),
-        **unsupported_fields(UNSUPPORTED_HERE),
+        **unsupported_fields(RESPONSES_UNSUPPORTED),
     )
 ):
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
@@ -92,7 +84,7 @@ class ResponseRequest(
     store: Bool | None = Field(True, description="accepted; shoshin never stores responses")
     text: TextConfig | None = None
 
-    _unsupported = field_validator(*UNSUPPORTED_HERE, mode="before")(reject_unsupported)
+    _unsupported = field_validator(*RESPONSES_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class OutputText(BaseModel):

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from shoshin.generation.params import MAX_LOGPROBS
 from shoshin.serving.wire import (
-    UNSUPPORTED,
+    CHAT_UNSUPPORTED,
+    COMPLETION_UNSUPPORTED,
     Bool,
     Int,
     Lenient,
@@ -41,11 +42,24 @@ class TextPart(Lenient):
     text: str
 
 
+class FunctionCall(Lenient):
+    name: str
+    arguments: str = Field(..., description="the arguments as JSON text")
+
+
+class ToolCall(Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = Field(
         None, description="the text, or a list of text parts"
     )
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: str | None = Field(None, description="a tool message: the call it answers")
 
     def text(self) -> str:
         if self.content is None:
@@ -78,13 +92,77 @@ class _Common(Request):
 
 _SamplingRequest = create_model("_SamplingRequest", __base__=_Common, **sampling_fields())
 
-_CHAT_UNSUPPORTED = [name for name in UNSUPPORTED if name not in ("suffix", "best_of")]
+
+class JsonSchemaFormat(Request):
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
+    strict: Bool | None = Field(None, description="shoshin always enforces the schema")
+
+
+class TextFormat(Lenient):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Lenient):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(Lenient):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")
+]
+
+
+class FunctionDefinition(Request):
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = Field(None, description="a JSON Schema of the arguments object")
+    strict: Bool | None = None
+
+
+class Tool(Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(Lenient):
+    name: str
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(
-    create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(_CHAT_UNSUPPORTED))
+    create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(CHAT_UNSUPPORTED))
 ):
+    # A tool_choice other than "none" needs tools to choose from (the server answers 400 else).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"tool_choice": {"enum": ["none", None]}}},
+                {"required": ["tools"], "properties": {"tools": {"minItems": 1}}},
+            ]
+        }
+    )
+
     messages: list[ChatMessage] = Field(..., min_length=1)
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the reply is generated to parse (validate)"
+    )
+    tools: list[Tool] | None = Field(None, description="functions the model may call")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description='"auto" when tools are given; "required" or a named one forces a call; '
+        'anything but "none" needs tools, and a named one must be among them',
+    )
+    parallel_tool_calls: Bool | None = Field(True, description="allow more than one call per reply")
     max_completion_tokens: Int(ge=1) | None = Field(None, description="newer name of max_tokens")
     logprobs: Bool | None = Field(
         False, description="return the log-probability of each reply token"
@@ -93,12 +171,12 @@ class ChatCompletionRequest(
         None, description="with logprobs: this many most likely tokens per position"
     )
 
-    _unsupported = field_validator(*_CHAT_UNSUPPORTED, mode="before")(reject_unsupported)
+    _unsupported = field_validator(*CHAT_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class CompletionRequest(
     create_model(
-        "_CompletionBase", __base__=_SamplingRequest, **unsupported_fields(["suffix", "best_of"])
+        "_CompletionBase", __base__=_SamplingRequest, **unsupported_fields(COMPLETION_UNSUPPORTED)
     )
 ):
     prompt: (
@@ -115,7 +193,7 @@ class CompletionRequest(
         None, description="log-probabilities of each token and this many alternatives"
     )
 
-    _unsupported = field_validator("suffix", "best_of", mode="before")(reject_unsupported)
+    _unsupported = field_validator(*COMPLETION_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class Usage(BaseModel):
@@ -126,7 +204,8 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):

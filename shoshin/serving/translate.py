@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from shoshin.data.chat import plain_messages
 from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.chat import fit_messages
@@ -39,8 +40,10 @@ def sampling_params(
     stop_ids: Sequence[int],
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    grammar: str | None = None,
 ) -> list[SamplingParams]:
-    """The sampling parameters of each of the request's n choices (choice i: seed + i).
+    """The sampling parameters of each of the request's n choices (choice i: seed + i), each
+    generated under `grammar` when given (see serving.structured).
 
     Fields named like a SamplingParams field are copied by name; only values whose wire form
     differs from shoshin's are converted here.
@@ -70,6 +73,7 @@ def sampling_params(
         stop_ids=tuple(stop_ids),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        grammar=grammar,
         **values,
     )
     try:
@@ -83,26 +87,38 @@ def sampling_params(
     ]
 
 
-def messages(chat: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """OpenAI messages as the chat template takes them (a developer message is a system one)."""
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in chat
+def messages(
+    chat: Sequence[ChatMessage], tools: Sequence[dict] | None = None
+) -> list[dict[str, str]]:
+    """OpenAI messages as the chat template takes them (a developer message is a system one; tool
+    calls, tool results and the tools offered are text in shoshin's tool-call format)."""
+    plain = [
+        {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": m.text(),
+            "tool_calls": [c.model_dump() for c in m.tool_calls or []],
+        }
+        for m in chat
     ]
+    return plain_messages(plain, tools)
 
 
 def chat_prompt(
-    server: Server, chat: Sequence[ChatMessage], max_tokens: int | None
+    server: Server,
+    chat: Sequence[ChatMessage],
+    max_tokens: int | None,
+    tools: Sequence[dict] | None = None,
 ) -> tuple[list[int], int]:
     """Token ids of the conversation, cueing the assistant's turn, and how many messages were dropped.
 
     The run's chat template renders it (role tokens, or plain `User:` lines for models without
-    them). Oldest turns go first (the system prompt stays) while the prompt leaves no room for
-    a reply of min(max_tokens, half the window) tokens.
+    them), with `tools` offered after the system prompt. Oldest turns go first (the system prompt
+    stays) while the prompt leaves no room for a reply of min(max_tokens, half the window) tokens.
     """
     context = server.context
     wanted = min(max_tokens or server.config.max_tokens, server.config.max_tokens)
     room = min(wanted, context // 2) if context else 0
-    ids, dropped = fit_messages(server.template, messages(chat), context, room)
+    ids, dropped = fit_messages(server.template, messages(chat, tools), context, room)
     if not ids:  # a plain-text template, and a char tokenizer that knows none of the characters
         raise APIError(400, "the messages hold no token this model knows", param="messages")
     if context is not None and len(ids) + room > context:

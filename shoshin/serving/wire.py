@@ -14,6 +14,7 @@ generated rather than written.
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
@@ -108,14 +109,28 @@ class Lenient(BaseModel):
 
 
 class Request(Lenient):
-    """A request body: explicit null means the field's default (OpenAI's fields are nullable)."""
+    """A request body: an explicit null means the field's default, for every field whose type
+    admits null (in /openapi.json too), as OpenAI declares its optional fields nullable."""
 
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
+            nullable = _nullable(cls)
+            return {k: v for k, v in data.items() if v is not None or k not in nullable}
         return data
+
+
+@functools.cache
+def _nullable(cls: type[BaseModel]) -> frozenset[str]:
+    """The names (as sent) of the fields of `cls` that have a default and admit null."""
+    names = set()
+    for name, f in cls.model_fields.items():
+        if not f.is_required() and (
+            f.annotation is None or type(None) in typing.get_args(f.annotation)
+        ):
+            names.add(f.alias or name)
+    return frozenset(names)
 
 
 def unsupported_fields(names: list[str]) -> dict[str, Any]:

@@ -240,6 +240,12 @@ def test_every_served_reply_validates(server, schema, seed, stream):
         "stream": stream,
     }
     texts, finish = {0: "", 1: ""}, {}
+    free = threading.Thread(  # an unconstrained request decoding in the same batch
+        target=httpx.post,
+        args=(f"{server}/v1/chat/completions",),
+        kwargs={"json": {"messages": ASK, "max_tokens": 40, "seed": seed}, "timeout": 120},
+    )
+    free.start()
     if stream:
         with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as r:
             for line in r.iter_lines():
@@ -254,6 +260,7 @@ def test_every_served_reply_validates(server, schema, seed, stream):
         for choice in reply["choices"]:
             texts[choice["index"]] = choice["message"]["content"]
             finish[choice["index"]] = choice["finish_reason"]
+    free.join()
     for index in (0, 1):
         if finish[index] == "stop":
             assert jsonschema_rs.is_valid(schema, json.loads(texts[index])), texts[index]

@@ -356,6 +356,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin),
     )
     app = load_app(
         args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize, args.device
@@ -606,6 +607,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API; repeatable; "
+        "`*` for any (default: none)",
+    )
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )

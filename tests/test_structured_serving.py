@@ -284,3 +284,31 @@ def test_auto_tool_choice_replies_are_text_or_valid_calls(server):
             assert choice.finish_reason in ("stop", "length")
             content = choice.message.content or ""
             assert not content.startswith("<tool_call>") or choice.finish_reason == "length"
+
+
+def test_responses_parse_with_text_format(server):
+    client = _client(server)
+    for stream in (False, True):
+        if stream:
+            with client.responses.stream(
+                model="untrained", input="Weather?", text_format=Forecast, max_output_tokens=200
+            ) as events:
+                for _ in events:
+                    pass
+                response = events.get_final_response()
+        else:
+            response = client.responses.parse(
+                model="untrained", input="Weather?", text_format=Forecast, max_output_tokens=200
+            )
+        assert response.status == "completed"
+        assert isinstance(response.output_parsed, Forecast)
+    r = httpx.post(
+        f"{server}/v1/responses",
+        json={
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"not": {}}}},
+        },
+        timeout=60,
+    )
+    assert r.status_code == 400 and "not" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "text.format"

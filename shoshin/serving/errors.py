@@ -67,8 +67,12 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException):
         if BODY_ERROR in request.scope:
             return request.scope[BODY_ERROR].response()
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow names what works; HEAD works wherever GET does
+            allowed = headers.get("Allow", "").split(", ")
+            headers["Allow"] = ", ".join(allowed + ["HEAD"] if "GET" in allowed else allowed)
         return APIError(
-            exc.status_code, str(exc.detail), code=str(exc.status_code), headers=exc.headers
+            exc.status_code, str(exc.detail), code=str(exc.status_code), headers=headers
         ).response()
 
     @app.exception_handler(Exception)
@@ -79,16 +83,38 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    """The first problem of a request that failed validation, as one readable 400."""
+    """The most telling problem of a request that failed validation, as one readable 400.
+
+    A field with several accepted forms (a prompt is text, ids, or a list of either) fails once per
+    form; a broken bound ("at least 1 item") says more than "not a string", so it is preferred.
+    """
     errors = exc.errors()
     if not errors:
         return APIError(400, "invalid request body")
     first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     if first.get("type") == "json_invalid":
         return APIError(
             400,
             f"the request body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])})",
         )
+    field = _path(first)[:1]
+    same = [e for e in errors if _path(e)[:1] == field]
+    best = next((e for e in same if not e["type"].endswith("_type")), first)
+    where = ".".join(_path(best))
+    message = best["msg"]
+    if best["type"] == "too_short" and best.get("ctx", {}).get("min_length") == 1:
+        message = "must not be empty"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return APIError(400, f"{where or 'body'}: {first['msg']}{more}", param=where or None)
+    return APIError(400, f"{where or 'body'}: {message}{more}", param=where or None)
+
+
+def _path(error: dict) -> list[str]:
+    """Where an error is, without pydantic's names of the union member that was tried."""
+    return [
+        str(p)
+        for p in error.get("loc", ())
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _MEMBER_TAGS))
+    ]
+
+
+_MEMBER_TAGS = {"str", "int", "float", "bool", "list", "dict", "constrained-int", "constrained-str"}

@@ -1,4 +1,5 @@
-"""What wraps every request before a route sees it: the body-size limit and the API key."""
+"""What wraps every request before a route sees it: the body-size limit, JSON whatever the
+Content-Type says, HEAD as GET, and the API key."""
 
 from __future__ import annotations
 
@@ -40,6 +41,39 @@ class BodyLimit:
             await self.app(scope, limited_receive, send)
         except APIError as exc:
             await exc.response()(scope, receive, send)
+
+
+class JsonBody:
+    """ASGI middleware: a request body is read as JSON whatever its Content-Type says.
+
+    Every body this API takes is JSON, and clients label it loosely: `curl -d` sends
+    application/x-www-form-urlencoded, some send text/plain. Reading the JSON they meant beats a
+    400 that sends them to debug valid JSON (an invalid body is still a 400 saying so).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD works wherever GET does (RFC 9110); the server leaves out the body.
+
+    FastAPI's routes answer only the methods they name; the HTTP server (uvicorn) sends no body
+    for a request it received as HEAD, so the route runs as GET on a copy of the scope."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
 
 
 async def authorize(request: Request) -> None:

@@ -1,46 +1,58 @@
 """Request and response bodies of the OpenAI-compatible API (the subset shoshin serves).
 
-Unknown fields are accepted and ignored, as OpenAI clients send many optional ones; fields we
-read are typed and bounded, so a bad value is a 400 with the field's name, never a crash.
+Requests: an explicit `null` means the field's default, as OpenAI's API declares its optional
+fields nullable; fields no one here reads are ignored, as OpenAI clients send many optional ones;
+fields OpenAI defines that shoshin does not serve (`UNSUPPORTED`) are a 400 naming them, never
+silently ignored. Fields we read are typed and bounded, so a bad value is a 400 with the field's
+name, never a crash.
 
-Sampling fields named like a `SamplingParams` field are copied into it by name (see
-`translate.sampling_params`); those marked SETTING also appear in the web page's settings, which are built from
-this schema. Adding a sampling option: the field in SamplingParams, its handling in
-`sample_next`, and one field here.
+The sampling fields are generated from `SamplingParams` (shoshin/generation/params.py), the one
+declaration of each option's type, default, bounds and description (see wire.py). Options declared
+`setting=True` are marked `x-shoshin-setting` and appear in the web page's settings, which are
+built from /openapi.json.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}
-SETTING = {"x-shoshin-setting": True}  # shown in the web page's settings
+from shoshin.generation.params import MAX_LOGPROBS
+from shoshin.serving.wire import (
+    UNSUPPORTED,
+    Bool,
+    Int,
+    Lenient,
+    Request,
+    TokenId,
+    TokenIds,
+    reject_unsupported,
+    sampling_fields,
+    unsupported_fields,
+)
+
 MAX_CHOICES = 16  # n, per prompt
+MAX_STOP_STRINGS = 4
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class TextPart(_Lenient):
+class TextPart(Lenient):
     type: Literal["text"] = "text"
     text: str
 
 
-class FunctionCall(_Lenient):
+class FunctionCall(Lenient):
     name: str
     arguments: str = Field(..., description="the arguments as JSON text")
 
 
-class ToolCall(_Lenient):
+class ToolCall(Lenient):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = Field(
         None, description="the text, or a list of text parts"
@@ -56,66 +68,20 @@ class ChatMessage(_Lenient):
         return "".join(part.text for part in self.content)
 
 
-class StreamOptions(_Lenient):
-    include_usage: bool = False
+class StreamOptions(Request):
+    include_usage: Bool | None = False
 
 
-class _SamplingRequest(_Lenient):
+class _Common(Request):
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
-    max_tokens: int | None = Field(None, ge=1, description="capped by the server's limit")
-    temperature: float = Field(
-        1.0, ge=0.0, le=2.0, description="0 is greedy", json_schema_extra=SETTING
+    max_tokens: Int(ge=1) | None = Field(None, description="capped by the server's limit")
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} strings that end the reply (not included)"
     )
-    top_p: float = Field(
-        1.0, ge=0.0, le=1.0, description="nucleus sampling; 0 is greedy", json_schema_extra=SETTING
-    )
-    top_k: int | None = Field(
-        None,
-        ge=-1,
-        description="shoshin/vLLM extension; 0, -1 or null: off",
-        json_schema_extra=SETTING,
-    )
-    min_p: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="drop tokens less likely than min_p x the most likely one (vLLM extension)",
-        json_schema_extra=SETTING,
-    )
-    frequency_penalty: float = Field(
-        0.0,
-        ge=-2.0,
-        le=2.0,
-        description="lower a token's logit by this x its count in the reply so far",
-        json_schema_extra=SETTING,
-    )
-    presence_penalty: float = Field(
-        0.0,
-        ge=-2.0,
-        le=2.0,
-        description="lower the logit of every token already in the reply by this",
-        json_schema_extra=SETTING,
-    )
-    repetition_penalty: float = Field(
-        1.0,
-        gt=0.0,
-        le=10.0,
-        description="CTRL's multiplicative penalty on tokens in prompt or reply (vLLM extension); 1 is off",
-        json_schema_extra=SETTING,
-    )
-    logit_bias: dict[str, float] | None = Field(
-        None,
-        description="token id -> bias in [-100, 100] added to its logit",
-        json_schema_extra=SETTING,
-    )
-    seed: int | None = Field(None, **SEED_RANGE, description="same seed, same reply")
-    stop: str | list[str] | None = Field(
-        None, description="up to 4 strings that end the reply (not included)"
-    )
-    stream: bool = False
+    stream: Bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(
-        1, ge=1, le=MAX_CHOICES, description="choices per prompt; choice i is seeded with seed + i"
+    n: Int(ge=1, le=MAX_CHOICES) | None = Field(
+        1, description="choices per prompt; choice i is seeded with seed + i"
     )
 
     def stop_strings(self) -> list[str]:
@@ -123,40 +89,50 @@ class _SamplingRequest(_Lenient):
         return [s for s in stops if s]
 
 
-class JsonSchemaFormat(_Lenient):
+_SamplingRequest = create_model("_SamplingRequest", __base__=_Common, **sampling_fields())
+
+
+class JsonSchemaFormat(Lenient):
     name: str = Field("response", max_length=64)
     description: str | None = None
     schema_: dict = Field(default_factory=dict, alias="schema", description="a JSON Schema")
     strict: bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class FunctionDefinition(_Lenient):
+class FunctionDefinition(Lenient):
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict | None = Field(None, description="a JSON Schema of the arguments object")
     strict: bool | None = None
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedFunction(_Lenient):
+class NamedFunction(Lenient):
     name: str
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"] = "function"
     function: NamedFunction
 
 
-class ChatCompletionRequest(_SamplingRequest):
+_CHAT_UNSUPPORTED = [
+    name for name in UNSUPPORTED if name not in ("suffix", "best_of", "tools", "tool_choice")
+]
+
+
+class ChatCompletionRequest(
+    create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(_CHAT_UNSUPPORTED))
+):
     messages: list[ChatMessage] = Field(..., min_length=1)
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the reply is generated to parse (validate)"
@@ -165,25 +141,38 @@ class ChatCompletionRequest(_SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None, description='"auto" when tools are given; "required" or a named one forces a call'
     )
-    parallel_tool_calls: bool = Field(True, description="allow more than one call per reply")
-    max_completion_tokens: int | None = Field(None, ge=1, description="newer name of max_tokens")
-    logprobs: bool = Field(False, description="return the log-probability of each reply token")
-    top_logprobs: int | None = Field(
-        None, ge=0, le=20, description="with logprobs: this many most likely tokens per position"
+    parallel_tool_calls: Bool | None = Field(True, description="allow more than one call per reply")
+    max_completion_tokens: Int(ge=1) | None = Field(None, description="newer name of max_tokens")
+    logprobs: Bool | None = Field(
+        False, description="return the log-probability of each reply token"
+    )
+    top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = Field(
+        None, description="with logprobs: this many most likely tokens per position"
     )
 
+    _unsupported = field_validator(*_CHAT_UNSUPPORTED, mode="before")(reject_unsupported)
 
-class CompletionRequest(_SamplingRequest):
-    prompt: str | list[int] | list[str] | list[list[int]] = Field(
-        ..., description="text to continue, token ids, or a list of either (one choice each)"
+
+class CompletionRequest(
+    create_model(
+        "_CompletionBase", __base__=_SamplingRequest, **unsupported_fields(["suffix", "best_of"])
     )
-    max_tokens: int | None = Field(
-        16, ge=0, description="capped by the server's limit; 0 with echo scores the prompt"
+):
+    prompt: (
+        str
+        | TokenIds
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(..., description="text to continue, token ids, or a list of either (one choice each)")
+    max_tokens: Int(ge=0) | None = Field(
+        16, description="capped by the server's limit; 0 with echo scores the prompt"
     )
-    echo: bool = Field(False, description="return the prompt before the completion")
-    logprobs: int | None = Field(
-        None, ge=0, le=20, description="log-probabilities of each token and this many alternatives"
+    echo: Bool | None = Field(False, description="return the prompt before the completion")
+    logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = Field(
+        None, description="log-probabilities of each token and this many alternatives"
     )
+
+    _unsupported = field_validator("suffix", "best_of", mode="before")(reject_unsupported)
 
 
 class Usage(BaseModel):
@@ -280,15 +269,30 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(_Lenient):
+class TokenizeRequest(Request):
     """vLLM's /tokenize: a text prompt (special-token names in it become their ids, as in vLLM), or
-    chat messages rendered with the model's chat template."""
+    chat messages rendered with the model's chat template; exactly one of the two."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["prompt"],
+                    "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}},
+                },
+                {
+                    "required": ["messages"],
+                    "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
+                },
+            ]
+        }
+    )
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_generation_prompt: bool = True
-    add_special_tokens: bool = True
+    add_generation_prompt: Bool | None = True
+    add_special_tokens: Bool | None = True
 
 
 class TokenizeResponse(BaseModel):
@@ -316,9 +320,9 @@ class TokenizerInfo(BaseModel):
     special_tokens: dict[str, int] = Field(description="shoshin extension: special token ids")
 
 
-class DetokenizeRequest(_Lenient):
+class DetokenizeRequest(Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(BaseModel):

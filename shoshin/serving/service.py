@@ -25,6 +25,7 @@ class ServeConfig:
     max_tokens: int = 512  # cap on a request's max_tokens
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer KEY`
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); none: off
 
 
 class Server:

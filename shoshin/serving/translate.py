@@ -8,7 +8,7 @@ a `SamplingParams`, and where tokens become OpenAI's chat and legacy-completions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from shoshin.data.chat import plain_messages
 from shoshin.data.tokenizers import EOT, Tokenizer
@@ -28,13 +28,9 @@ from shoshin.serving.schemas import (
     Usage,
 )
 from shoshin.serving.service import Server
+from shoshin.serving.wire import SAMPLING_FIELDS
 
-MAX_STOP_STRINGS = 4
 NEAR_ZERO = 1e-4  # temperature or top_p below this is greedy
-# Request fields copied by name into SamplingParams (the options the CLI offers too).
-SAMPLING_FIELDS = [
-    f.name for f in fields(SamplingParams) if f.metadata.get("cli") and f.name != "max_new_tokens"
-]
 
 
 def sampling_params(
@@ -52,8 +48,6 @@ def sampling_params(
     Fields named like a SamplingParams field are copied by name; only values whose wire form
     differs from shoshin's are converted here.
     """
-    if len(body.stop_strings()) > MAX_STOP_STRINGS:
-        raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
     values = {
         name: getattr(body, name)
         for name in SAMPLING_FIELDS
@@ -62,6 +56,8 @@ def sampling_params(
     # Values this close to 0 mean greedy anyway, and would overflow or underflow float32 sampling.
     if body.temperature < NEAR_ZERO or body.top_p < NEAR_ZERO:
         values.update(temperature=0.0, top_p=None)
+    if "seed" in values:  # torch takes seeds modulo 2^64 too (a negative one: 2^64 + seed)
+        values["seed"] %= 2**64
     if values.get("top_k", 0) <= 0:
         values.pop("top_k", None)  # 0 and -1 mean off, as in vLLM
     if getattr(body, "logit_bias", None):

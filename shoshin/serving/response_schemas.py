@@ -8,7 +8,7 @@ Text input or a list of input messages, `instructions`, `max_output_tokens`, `te
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
@@ -53,13 +53,24 @@ class InputMessage(Lenient):
         return "".join(part.text for part in self.content)
 
 
-class TextFormat(Lenient):
-    type: Literal["text", "json_object", "json_schema"] = Field(
-        "text", description="plain text, any JSON object, or JSON valid against `schema`"
-    )
-    name: str | None = Field(None, max_length=64)
-    schema_: dict | None = Field(None, alias="schema", description="with json_schema: the schema")
-    strict: bool | None = Field(None, description="shoshin always enforces the schema")
+class PlainTextFormat(Lenient):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Lenient):
+    type: Literal["json_object"]
+
+
+class JsonSchemaTextFormat(Lenient):
+    type: Literal["json_schema"]
+    name: str = Field("response", max_length=64)
+    schema_: dict = Field(..., alias="schema", description="the JSON Schema replies match")
+    strict: Bool | None = Field(None, description="shoshin always enforces the schema")
+
+
+TextFormat = Annotated[
+    PlainTextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")
+]
 
 
 class TextConfig(Request):

@@ -45,8 +45,11 @@ async def create_response(body: ResponseRequest, request: Request, server: Curre
     server.check_model(body.model)
     prompt, _ = chat_prompt(server, conversation(body), body.max_output_tokens)
     fmt = body.text.format if body.text else None
-    schema = fmt and format_schema(fmt.type, fmt.schema_, "text.format")
-    grammar = checked(server, schema and json_schema_grammar(schema), "text.format")
+    schema = None
+    if fmt is not None:
+        schema = format_schema(fmt.type, getattr(fmt, "schema_", None), "text.format")
+    grammar = None if schema is None else json_schema_grammar(schema)
+    grammar = checked(server, grammar, "text.format")
     params = sampling_params(
         server, body, body.max_output_tokens, server.template.stop_ids, grammar=grammar
     )

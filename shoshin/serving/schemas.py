@@ -95,20 +95,33 @@ _SamplingRequest = create_model("_SamplingRequest", __base__=_Common, **sampling
 class JsonSchemaFormat(Lenient):
     name: str = Field("response", max_length=64)
     description: str | None = None
-    schema_: dict = Field(default_factory=dict, alias="schema", description="a JSON Schema")
-    strict: bool | None = Field(None, description="shoshin always enforces the schema")
+    schema_: dict = Field(..., alias="schema", description="a JSON Schema")
+    strict: Bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-class ResponseFormat(Lenient):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+class TextResponse(Lenient):
+    type: Literal["text"]
+
+
+class JsonObjectResponse(Lenient):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponse(Lenient):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    TextResponse | JsonObjectResponse | JsonSchemaResponse, Field(discriminator="type")
+]
 
 
 class FunctionDefinition(Lenient):
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict | None = Field(None, description="a JSON Schema of the arguments object")
-    strict: bool | None = None
+    strict: Bool | None = None
 
 
 class Tool(Lenient):
@@ -133,13 +146,30 @@ _CHAT_UNSUPPORTED = [
 class ChatCompletionRequest(
     create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(_CHAT_UNSUPPORTED))
 ):
+    # "required" or a named tool_choice needs tools (the named one among them: no JSON Schema
+    # can say that part, so it is only in the description)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {
+                    "tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}
+                },
+                "required": ["tool_choice"],
+            },
+            "then": {"properties": {"tools": {"type": "array"}}, "required": ["tools"]},
+        }
+    )
     messages: list[ChatMessage] = Field(..., min_length=1)
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the reply is generated to parse (validate)"
     )
-    tools: list[Tool] | None = Field(None, description="functions the model may call")
+    tools: Annotated[list[Tool], Field(min_length=1)] | None = Field(
+        None, description="functions the model may call"
+    )
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
-        None, description='"auto" when tools are given; "required" or a named one forces a call'
+        None,
+        description='"auto" when tools are given; "required" or a named one (which must be '
+        "among the tools) forces a call",
     )
     parallel_tool_calls: Bool | None = Field(True, description="allow more than one call per reply")
     max_completion_tokens: Int(ge=1) | None = Field(None, description="newer name of max_tokens")

@@ -67,12 +67,14 @@ def structured_output(server, body: ChatCompletionRequest) -> Structured:
     fmt = body.response_format
     answer = None
     if fmt is not None:
-        schema = fmt.json_schema.schema_ if fmt.json_schema else None
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
         answer = format_schema(fmt.type, schema, "response_format")
-    choice = body.tool_choice or ("auto" if body.tools else "none")
-    if choice != "none" and not body.tools:
-        raise APIError(400, "tool_choice needs tools", param="tool_choice")
-    tools = [t.model_dump() for t in body.tools] if body.tools else None
+    choice = body.tool_choice or "auto"
+    if not body.tools:  # auto with nothing to call is plain text
+        if choice not in ("auto", "none"):
+            raise APIError(400, "tool_choice needs tools to choose from", param="tool_choice")
+        choice = "none"
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     if choice == "none":
         grammar = None if answer is None else json_schema_grammar(answer)
         return Structured(checked(server, grammar, "response_format"), tools)

@@ -77,10 +77,10 @@ def check_reply(tok, generation, schema) -> None:
     assert jsonschema_rs.is_valid(schema, value), (schema, value)
 
 
-@pytest.mark.parametrize("kind", ["bpe", "char"])
+@pytest.mark.parametrize("kind,arch", [("bpe", "gpt"), ("char", "gpt"), ("bpe", "lstm")])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_untrained_model_replies_validate(kind, temperature):
-    engine, tok, _ = setup(kind)
+def test_untrained_model_replies_validate(kind, arch, temperature):
+    engine, tok, _ = setup(kind, arch)
     prompt = tok.encode("hello")
     gens = [
         engine.generation(prompt, params(tok, PERSON, seed=s, temperature=temperature))

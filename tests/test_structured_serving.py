@@ -240,6 +240,12 @@ def test_every_served_reply_validates(server, schema, seed, stream):
         "stream": stream,
     }
     texts, finish = {0: "", 1: ""}, {}
+    free = threading.Thread(  # an unconstrained request decoding in the same batch
+        target=httpx.post,
+        args=(f"{server}/v1/chat/completions",),
+        kwargs={"json": {"messages": ASK, "max_tokens": 40, "seed": seed}, "timeout": 120},
+    )
+    free.start()
     if stream:
         with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as r:
             for line in r.iter_lines():
@@ -254,6 +260,7 @@ def test_every_served_reply_validates(server, schema, seed, stream):
         for choice in reply["choices"]:
             texts[choice["index"]] = choice["message"]["content"]
             finish[choice["index"]] = choice["finish_reason"]
+    free.join()
     for index in (0, 1):
         if finish[index] == "stop":
             assert jsonschema_rs.is_valid(schema, json.loads(texts[index])), texts[index]
@@ -277,3 +284,34 @@ def test_auto_tool_choice_replies_are_text_or_valid_calls(server):
             assert choice.finish_reason in ("stop", "length")
             content = choice.message.content or ""
             assert not content.startswith("<tool_call>") or choice.finish_reason == "length"
+
+
+def test_responses_parse_with_text_format(server):
+    client = _client(server)
+    for stream in (False, True):
+        if stream:
+            with client.responses.stream(
+                model="untrained", input="Weather?", text_format=Forecast, max_output_tokens=200
+            ) as events:
+                for _ in events:
+                    pass
+                response = events.get_final_response()
+        else:
+            response = client.responses.parse(
+                model="untrained", input="Weather?", text_format=Forecast, max_output_tokens=200
+            )
+        assert response.status == "completed"
+        assert isinstance(response.output_parsed, Forecast)
+    r = httpx.post(
+        f"{server}/v1/responses",
+        json={
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"not": {}}}},
+        },
+        timeout=60,
+    )
+    assert r.status_code == 400 and "not" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "text.format"
+    anything = {"type": "json_schema", "name": "x", "schema": {}}  # any JSON value
+    body = {"input": "hi", "max_output_tokens": 30, "text": {"format": anything}}
+    assert httpx.post(f"{server}/v1/responses", json=body, timeout=60).status_code == 200

@@ -29,8 +29,7 @@ ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
 TOOLS_HEADER = (
-    "# Tools\n\nYou may call these functions. To call one, answer with a line "
-    f'{CALL_OPEN}{{"name": NAME, "arguments": {{...}}}}{CALL_CLOSE} for each call.\n'
+    f'# Tools (to call one: {CALL_OPEN}{{"name": ..., "arguments": {{...}}}}{CALL_CLOSE})\n'
 )
 _CALL = re.compile(re.escape(CALL_OPEN) + "(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
 

@@ -279,6 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin),
     )
     app = load_app(
         args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize, args.device

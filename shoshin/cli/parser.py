@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub, common)
     _add_run_commands(sub, common)
     _add_model_commands(sub, common)
+    _add_serve_command(sub, common)
     _add_eval_command(sub, common)
     _add_experiment_commands(sub, common)
     return parser
@@ -208,7 +209,7 @@ def _add_run_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """sample, chat, serve: use a trained model"""
+    """sample, chat: use a trained model"""
     generation = argparse.ArgumentParser(add_help=False)
     _add_sampling_options(generation)
     generation.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
@@ -252,6 +253,9 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func="cmd_chat", **SURFACE_DEFAULTS["chat"])
 
+
+def _add_serve_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """serve: the OpenAI-compatible HTTP API and web chat page."""
     p = sub.add_parser(
         "serve", parents=[common], help="OpenAI-compatible HTTP API and web chat page"
     )
@@ -275,6 +279,14 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API; repeatable; "
+        "`*` for any (default: none)",
+    )
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )

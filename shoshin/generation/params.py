@@ -138,6 +138,13 @@ class SamplingParams:
         maximum=MAX_LOGPROBS,
         cli=False,
     )
+    grammar: str | None = _option(
+        None,
+        "a Lark grammar (llguidance's dialect; `%json {SCHEMA}` is a JSON value valid against "
+        "SCHEMA) that the new tokens must match: every other token is masked before sampling "
+        "(see generation.constraints)",
+        cli=False,
+    )
 
     def validate(self, vocab_size: int | None = None) -> SamplingParams:
         """Check every value against its declared bounds; a bad one is a ShoshinError naming it.

@@ -36,11 +36,14 @@ def sample_next(
     params: Sequence[SamplingParams],
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
     history and generator, so that a row's choice never depends on the other rows of the batch.
 
-    Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
+    Order: logit_bias and the penalties, then `allowed` (B, vocab) bool, when given, sets every
+    token a row may not choose to -inf (rows' grammars, see generation.constraints), then greedy
+    rows take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
     with one uniform number from their own generator. Rows are computed together (no Python
     loop over the vocabulary), except the per-row options that need one.
@@ -56,6 +59,8 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
+    if allowed is not None:
+        x = x.masked_fill(~allowed.to(x.device), float("-inf"))
     tokens = torch.zeros(B, dtype=torch.long, device=x.device)
     greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -15,8 +16,12 @@ from serving_tiny import one_torch_thread, sharp_chat_model  # noqa: F401
 from shoshin.generation.params import SamplingParams, bounds, settings
 from shoshin.serving import ServeConfig, background_server, create_app
 from shoshin.serving.openapi import range_pattern
-from shoshin.serving.response_schemas import UNSUPPORTED_HERE
-from shoshin.serving.wire import UNSUPPORTED
+from shoshin.serving.wire import (
+    CHAT_UNSUPPORTED,
+    COMPLETION_UNSUPPORTED,
+    RESPONSES_UNSUPPORTED,
+    UNSUPPORTED,
+)
 
 ORIGIN = "https://app.example"
 HI = [{"role": "user", "content": "hi"}]
@@ -166,15 +171,18 @@ def test_cors_only_for_the_origins_given(sharp):
 
 def _endpoint_bodies():
     chat = {"messages": HI, "max_tokens": 2}
-    yield from (
-        ("/v1/chat/completions", chat, name)
-        for name in UNSUPPORTED
-        if name not in ("suffix", "best_of", *UNSUPPORTED_HERE)
-    )
-    yield from (
-        ("/v1/completions", {"prompt": "hi", "max_tokens": 2}, n) for n in ["suffix", "best_of"]
-    )
-    yield from (("/v1/responses", {"input": "hi"}, name) for name in UNSUPPORTED_HERE)
+    yield from (("/v1/chat/completions", chat, name) for name in CHAT_UNSUPPORTED)
+    completion = {"prompt": "hi", "max_tokens": 2}
+    yield from (("/v1/completions", completion, name) for name in COMPLETION_UNSUPPORTED)
+    yield from (("/v1/responses", {"input": "hi"}, name) for name in RESPONSES_UNSUPPORTED)
+
+
+def test_every_unsupported_field_is_listed_in_the_readme_and_refused_somewhere():
+    lists = [*CHAT_UNSUPPORTED, *COMPLETION_UNSUPPORTED, *RESPONSES_UNSUPPORTED]
+    assert set(lists) == set(UNSUPPORTED)
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    table = readme[readme.index("| fields shoshin does not support") :].split("\n\n")[0]
+    assert [name for name in UNSUPPORTED if f"`{name}`" not in table] == []
 
 
 @pytest.mark.parametrize("path,body,name", list(_endpoint_bodies()))
@@ -184,6 +192,42 @@ def test_unsupported_fields_are_a_400_naming_them(sharp, path, body, name):
     assert got.status_code == 400, got.text
     error = got.json()["error"]
     assert error["param"] == name and "not supported" in error["message"]
+
+
+def test_responses_text_format_constrains_the_reply():
+    pytest.importorskip("llguidance")
+    from test_structured_serving import untrained_app
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"enum": ["Paris", "Oslo"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "name": "trip", "schema": schema, "strict": True}
+    with background_server(untrained_app()) as url:
+        client = _client(url)
+        plain = client.responses.create(input="where?", text={"format": fmt}, max_output_tokens=60)
+        events = list(
+            client.responses.create(
+                input="where?", text={"format": fmt}, max_output_tokens=60, stream=True
+            )
+        )
+        for reply in (plain, events[-1].response):
+            assert reply.status == "completed", reply
+            value = json.loads(reply.output_text)
+            assert set(value) == {"city", "days"} and value["city"] in ("Paris", "Oslo")
+            assert isinstance(value["days"], int)
+        loose = client.responses.create(
+            input="x", text={"format": {"type": "json_object"}}, max_output_tokens=60
+        )
+        assert loose.status != "completed" or isinstance(json.loads(loose.output_text), dict)
+        bad = {"type": "json_schema", "name": "x", "schema": {"not": {"type": "string"}}}
+        got = httpx.post(f"{url}/v1/responses", json={"input": "x", "text": {"format": bad}})
+        assert got.status_code == 400 and got.json()["error"]["param"] == "text.format"
 
 
 def test_openapi_states_the_bounds_the_server_enforces(sharp):

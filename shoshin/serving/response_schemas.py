@@ -1,8 +1,7 @@
 """Request and response bodies of OpenAI's Responses API (`/v1/responses`), the subset served.
 
 Text input or a list of input messages, `instructions`, `max_output_tokens`, `temperature` and
-`top_p` (generated from SamplingParams, as in schemas.py), structured output through
-`text.format` (json_object, json_schema), streaming. Responses are not stored:
+`top_p` (generated from SamplingParams, as in schemas.py), streaming. Responses are not stored:
 `store` is accepted and has no effect, and `previous_response_id` is a 400 (see UNSUPPORTED).
 """
 
@@ -13,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, create_model, field_validator
 
 from shoshin.serving.wire import (
+    RESPONSES_UNSUPPORTED,
     Bool,
     Int,
     Lenient,
@@ -21,18 +21,6 @@ from shoshin.serving.wire import (
     sampling_fields,
     unsupported_fields,
 )
-
-UNSUPPORTED_HERE = [
-    "previous_response_id",
-    "conversation",
-    "tools",
-    "tool_choice",
-    "reasoning",
-    "background",
-    "prompt",
-    "include",
-    "max_tool_calls",
-]
 
 
 class InputText(Lenient):
@@ -53,28 +41,29 @@ class InputMessage(Lenient):
         return "".join(part.text for part in self.content)
 
 
-class PlainTextFormat(Lenient):
+class PlainText(Lenient):
     type: Literal["text"]
 
 
-class JsonObjectFormat(Lenient):
+class JsonObject(Lenient):
     type: Literal["json_object"]
 
 
-class JsonSchemaTextFormat(Lenient):
+class JsonSchema(Request):
     type: Literal["json_schema"]
     name: str = Field("response", max_length=64)
-    schema_: dict = Field(..., alias="schema", description="the JSON Schema replies match")
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
     strict: Bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-TextFormat = Annotated[
-    PlainTextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")
-]
+TextFormat = Annotated[PlainText | JsonObject | JsonSchema, Field(discriminator="type")]
 
 
 class TextConfig(Request):
-    format: TextFormat | None = None
+    format: TextFormat | None = Field(
+        None, description="text, or a JSON object / a JSON value valid against a schema"
+    )
 
 
 class ResponseRequest(
@@ -82,7 +71,7 @@ class ResponseRequest(
         "_ResponseBase",
         __base__=Request,
         **sampling_fields(["temperature", "top_p"]),
-        **unsupported_fields(UNSUPPORTED_HERE),
+        **unsupported_fields(RESPONSES_UNSUPPORTED),
     )
 ):
     model: str | None = Field(None, description="the served model's id (see /v1/models); optional")
@@ -95,7 +84,7 @@ class ResponseRequest(
     store: Bool | None = Field(True, description="accepted; shoshin never stores responses")
     text: TextConfig | None = None
 
-    _unsupported = field_validator(*UNSUPPORTED_HERE, mode="before")(reject_unsupported)
+    _unsupported = field_validator(*RESPONSES_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class OutputText(BaseModel):

@@ -14,7 +14,7 @@ from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.tokenizers import END, EOT, CharTokenizer, Tokenizer
 from shoshin.serving.errors import ERROR_RESPONSES, APIError
 from shoshin.serving.middleware import authorize
-from shoshin.serving.schemas import (
+from shoshin.serving.route_schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
     Health,

@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from shoshin.generation.params import MAX_LOGPROBS
 from shoshin.serving.wire import (
-    UNSUPPORTED,
+    CHAT_UNSUPPORTED,
+    COMPLETION_UNSUPPORTED,
     Bool,
     Int,
     Lenient,
     Request,
-    TokenId,
     TokenIds,
     reject_unsupported,
     sampling_fields,
@@ -92,32 +92,32 @@ class _Common(Request):
 _SamplingRequest = create_model("_SamplingRequest", __base__=_Common, **sampling_fields())
 
 
-class JsonSchemaFormat(Lenient):
+class JsonSchemaFormat(Request):
     name: str = Field("response", max_length=64)
     description: str | None = None
-    schema_: dict = Field(..., alias="schema", description="a JSON Schema")
+    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
     strict: Bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-class TextResponse(Lenient):
+class TextFormat(Lenient):
     type: Literal["text"]
 
 
-class JsonObjectResponse(Lenient):
+class JsonObjectFormat(Lenient):
     type: Literal["json_object"]
 
 
-class JsonSchemaResponse(Lenient):
+class JsonSchemaResponseFormat(Lenient):
     type: Literal["json_schema"]
     json_schema: JsonSchemaFormat
 
 
 ResponseFormat = Annotated[
-    TextResponse | JsonObjectResponse | JsonSchemaResponse, Field(discriminator="type")
+    TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")
 ]
 
 
-class FunctionDefinition(Lenient):
+class FunctionDefinition(Request):
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict | None = Field(None, description="a JSON Schema of the arguments object")
@@ -138,38 +138,28 @@ class NamedToolChoice(Lenient):
     function: NamedFunction
 
 
-_CHAT_UNSUPPORTED = [
-    name for name in UNSUPPORTED if name not in ("suffix", "best_of", "tools", "tool_choice")
-]
-
-
 class ChatCompletionRequest(
-    create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(_CHAT_UNSUPPORTED))
+    create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(CHAT_UNSUPPORTED))
 ):
-    # "required" or a named tool_choice needs tools (the named one among them: no JSON Schema
-    # can say that part, so it is only in the description)
+    # A tool_choice other than "none" needs tools to choose from (the server answers 400 else).
     model_config = ConfigDict(
         json_schema_extra={
-            "if": {
-                "properties": {
-                    "tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}
-                },
-                "required": ["tool_choice"],
-            },
-            "then": {"properties": {"tools": {"type": "array"}}, "required": ["tools"]},
+            "anyOf": [
+                {"properties": {"tool_choice": {"enum": ["none", None]}}},
+                {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+            ]
         }
     )
+
     messages: list[ChatMessage] = Field(..., min_length=1)
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the reply is generated to parse (validate)"
     )
-    tools: Annotated[list[Tool], Field(min_length=1)] | None = Field(
-        None, description="functions the model may call"
-    )
+    tools: list[Tool] | None = Field(None, description="functions the model may call")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None,
-        description='"auto" when tools are given; "required" or a named one (which must be '
-        "among the tools) forces a call",
+        description='"auto" when tools are given; "required" or a named one forces a call; '
+        'anything but "none" needs tools, and a named one must be among them',
     )
     parallel_tool_calls: Bool | None = Field(True, description="allow more than one call per reply")
     max_completion_tokens: Int(ge=1) | None = Field(None, description="newer name of max_tokens")
@@ -180,12 +170,12 @@ class ChatCompletionRequest(
         None, description="with logprobs: this many most likely tokens per position"
     )
 
-    _unsupported = field_validator(*_CHAT_UNSUPPORTED, mode="before")(reject_unsupported)
+    _unsupported = field_validator(*CHAT_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class CompletionRequest(
     create_model(
-        "_CompletionBase", __base__=_SamplingRequest, **unsupported_fields(["suffix", "best_of"])
+        "_CompletionBase", __base__=_SamplingRequest, **unsupported_fields(COMPLETION_UNSUPPORTED)
     )
 ):
     prompt: (
@@ -202,7 +192,7 @@ class CompletionRequest(
         None, description="log-probabilities of each token and this many alternatives"
     )
 
-    _unsupported = field_validator("suffix", "best_of", mode="before")(reject_unsupported)
+    _unsupported = field_validator(*COMPLETION_UNSUPPORTED, mode="before")(reject_unsupported)
 
 
 class Usage(BaseModel):
@@ -281,91 +271,6 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "shoshin"
-    context_window: int | None = Field(
-        None, description="shoshin extension: tokens per request (null: no limit, e.g. an LSTM)"
-    )
-    max_model_len: int | None = Field(None, description="the same, as vLLM names it")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class TokenizeRequest(Request):
-    """vLLM's /tokenize: a text prompt (special-token names in it become their ids, as in vLLM), or
-    chat messages rendered with the model's chat template; exactly one of the two."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                {
-                    "required": ["prompt"],
-                    "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}},
-                },
-                {
-                    "required": ["messages"],
-                    "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}},
-                },
-            ]
-        }
-    )
-
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    add_generation_prompt: Bool | None = True
-    add_special_tokens: Bool | None = True
-
-
-class TokenizeResponse(BaseModel):
-    count: int
-    max_model_len: int | None
-    tokens: list[int]
-
-
-class TokenizerInfo(BaseModel):
-    """vLLM's /tokenizer_info: the special tokens a client needs to build prompts itself (the
-    lm-evaluation-harness probes it for `tokenizer_backend=remote`)."""
-
-    tokenizer_class: str
-    bos_token: str | None = Field(description="what a document starts after (`<|endoftext|>`)")
-    eos_token: str | None = Field(
-        description="what ends a reply: `<|end|>` for chat models, else `<|endoftext|>`"
-    )
-    pad_token: str | None = None
-    unk_token: str | None = None
-    chat_template: str | None = Field(
-        None, description="Jinja template of the chat format (chat models only)"
-    )
-    model_max_length: int | None = Field(description="the context window (null: no limit)")
-    vocab_size: int
-    special_tokens: dict[str, int] = Field(description="shoshin extension: special token ids")
-
-
-class DetokenizeRequest(Request):
-    model: str | None = None
-    tokens: list[TokenId]
-
-
-class DetokenizeResponse(BaseModel):
-    prompt: str
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-    model: str
-    active: int = Field(description="requests holding a batch slot now")
-    queued: int = Field(description="requests waiting for a slot")
-    slots: int = Field(description="requests decoded together at most")
-    steps: int = Field(description="batched decode steps taken since start")
 
 
 class ErrorDetail(BaseModel):

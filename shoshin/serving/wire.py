@@ -14,6 +14,7 @@ generated rather than written.
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
@@ -59,29 +60,48 @@ TokenIds = Annotated[list[TokenId], Field(min_length=1, json_schema_extra={TOKEN
 # Fields of OpenAI's API that shoshin accepts only as absent or null: anything else is a 400
 # naming the field (README: "Fields shoshin does not support"), never silently ignored.
 UNSUPPORTED: dict[str, str] = {
-    # chat completions
-    "tools": "tool calls are served on /v1/chat/completions only",
-    "tool_choice": "tool calls are served on /v1/chat/completions only",
-    "functions": "function calls are not supported (deprecated by OpenAI for tools)",
-    "function_call": "function calls are not supported (deprecated by OpenAI for tools)",
+    "functions": "OpenAI's deprecated form of tools; send tools",
+    "function_call": "OpenAI's deprecated form of tool_choice; send tool_choice",
     "audio": "audio output is not supported",
     "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported",
     "reasoning_effort": "this is not a reasoning model",
     "verbosity": "verbosity is not supported",
-    # legacy completions
     "suffix": "insertion (text after the completion) is not supported",
     "best_of": "best_of is not supported; use n and pick yourself",
-    # responses
     "previous_response_id": "responses are not stored; send the conversation as input",
     "conversation": "responses are not stored; send the conversation as input",
     "reasoning": "this is not a reasoning model",
     "background": "background responses are not supported",
     "prompt": "stored prompt templates are not supported",
     "include": "extra output (include) is not supported",
-    "max_tool_calls": "tool calls are not supported yet",
+    "tools": "tool calls are served on /v1/chat/completions",
+    "tool_choice": "tool calls are served on /v1/chat/completions",
+    "max_tool_calls": "tool calls are served on /v1/chat/completions",
 }
+CHAT_UNSUPPORTED = [
+    "functions",
+    "function_call",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+    "reasoning_effort",
+    "verbosity",
+]
+COMPLETION_UNSUPPORTED = ["suffix", "best_of"]
+RESPONSES_UNSUPPORTED = [
+    "previous_response_id",
+    "conversation",
+    "tools",
+    "tool_choice",
+    "reasoning",
+    "background",
+    "prompt",
+    "include",
+    "max_tool_calls",
+]
 
 
 class Lenient(BaseModel):
@@ -89,14 +109,28 @@ class Lenient(BaseModel):
 
 
 class Request(Lenient):
-    """A request body: explicit null means the field's default (OpenAI's fields are nullable)."""
+    """A request body: an explicit null means the field's default, for every field whose type
+    admits null (in /openapi.json too), as OpenAI declares its optional fields nullable."""
 
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
+            nullable = _nullable(cls)
+            return {k: v for k, v in data.items() if v is not None or k not in nullable}
         return data
+
+
+@functools.cache
+def _nullable(cls: type[BaseModel]) -> frozenset[str]:
+    """The names (as sent) of the fields of `cls` that have a default and admit null."""
+    names = set()
+    for name, f in cls.model_fields.items():
+        if not f.is_required() and (
+            f.annotation is None or type(None) in typing.get_args(f.annotation)
+        ):
+            names.add(f.alias or name)
+    return frozenset(names)
 
 
 def unsupported_fields(names: list[str]) -> dict[str, Any]:

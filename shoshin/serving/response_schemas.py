@@ -41,29 +41,28 @@ class InputMessage(Lenient):
         return "".join(part.text for part in self.content)
 
 
-class PlainText(Lenient):
+class PlainTextFormat(Lenient):
     type: Literal["text"]
 
 
-class JsonObject(Lenient):
+class JsonObjectFormat(Lenient):
     type: Literal["json_object"]
 
 
-class JsonSchema(Request):
+class JsonSchemaTextFormat(Lenient):
     type: Literal["json_schema"]
     name: str = Field("response", max_length=64)
-    description: str | None = None
-    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
+    schema_: dict = Field(..., alias="schema", description="the JSON Schema replies match")
     strict: Bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-TextFormat = Annotated[PlainText | JsonObject | JsonSchema, Field(discriminator="type")]
+TextFormat = Annotated[
+    PlainTextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")
+]
 
 
 class TextConfig(Request):
-    format: TextFormat | None = Field(
-        None, description="text, or a JSON object / a JSON value valid against a schema"
-    )
+    format: TextFormat | None = None
 
 
 class ResponseRequest(

@@ -15,7 +15,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, Request
 
-from shoshin.generation.constraints import ANY_JSON_OBJECT
+from shoshin.generation.constraints import json_schema_grammar
 from shoshin.serving.bridge import Choices, Delta
 from shoshin.serving.completions import STREAMED
 from shoshin.serving.middleware import authorize
@@ -31,7 +31,7 @@ from shoshin.serving.response_schemas import (
 )
 from shoshin.serving.schemas import ChatMessage
 from shoshin.serving.service import CurrentServer, Server
-from shoshin.serving.structured import format_grammar
+from shoshin.serving.structured import checked, format_schema
 from shoshin.serving.translate import chat_prompt, sampling_params
 
 FAILED = ResponseError(code="server_error", message="generation failed; see the server's log")
@@ -44,7 +44,12 @@ router = APIRouter(dependencies=[Depends(authorize)], responses=STREAMED)
 async def create_response(body: ResponseRequest, request: Request, server: CurrentServer):
     server.check_model(body.model)
     prompt, _ = chat_prompt(server, conversation(body), body.max_output_tokens)
-    grammar = text_grammar(server, body)
+    fmt = body.text.format if body.text else None
+    schema = None
+    if fmt is not None:
+        schema = format_schema(fmt.type, getattr(fmt, "schema_", None), "text.format")
+    grammar = None if schema is None else json_schema_grammar(schema)
+    grammar = checked(server, grammar, "text.format")
     params = sampling_params(
         server, body, body.max_output_tokens, server.template.stop_ids, grammar=grammar
     )
@@ -52,15 +57,6 @@ async def create_response(body: ResponseRequest, request: Request, server: Curre
     reply = ResponseReply(server, body, len(prompt))
     stops = server.template.stop_strings
     return await respond(server, request, reply, [prompt], params, stops, bool(body.stream))
-
-
-def text_grammar(server: Server, body: ResponseRequest) -> str | None:
-    """The grammar of `text.format` (json_object, json_schema), or None for plain text."""
-    fmt = body.text.format if body.text else None
-    if fmt is None or fmt.type == "text":
-        return None
-    schema = ANY_JSON_OBJECT if fmt.type == "json_object" else fmt.schema_ or {}
-    return format_grammar(server, schema, "text.format")
 
 
 def conversation(body: ResponseRequest) -> list[ChatMessage]:

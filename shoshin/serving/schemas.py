@@ -92,32 +92,32 @@ class _Common(Request):
 _SamplingRequest = create_model("_SamplingRequest", __base__=_Common, **sampling_fields())
 
 
-class JsonSchemaFormat(Request):
+class JsonSchemaFormat(Lenient):
     name: str = Field("response", max_length=64)
     description: str | None = None
-    schema_: dict | None = Field(None, alias="schema", description="a JSON Schema (none: any JSON)")
+    schema_: dict = Field(..., alias="schema", description="a JSON Schema")
     strict: Bool | None = Field(None, description="shoshin always enforces the schema")
 
 
-class TextFormat(Lenient):
+class TextResponse(Lenient):
     type: Literal["text"]
 
 
-class JsonObjectFormat(Lenient):
+class JsonObjectResponse(Lenient):
     type: Literal["json_object"]
 
 
-class JsonSchemaResponseFormat(Lenient):
+class JsonSchemaResponse(Lenient):
     type: Literal["json_schema"]
     json_schema: JsonSchemaFormat
 
 
 ResponseFormat = Annotated[
-    TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")
+    TextResponse | JsonObjectResponse | JsonSchemaResponse, Field(discriminator="type")
 ]
 
 
-class FunctionDefinition(Request):
+class FunctionDefinition(Lenient):
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict | None = Field(None, description="a JSON Schema of the arguments object")
@@ -141,25 +141,30 @@ class NamedToolChoice(Lenient):
 class ChatCompletionRequest(
     create_model("_ChatBase", __base__=_SamplingRequest, **unsupported_fields(CHAT_UNSUPPORTED))
 ):
-    # A tool_choice other than "none" needs tools to choose from (the server answers 400 else).
+    # "required" or a named tool_choice needs tools (the named one among them: no JSON Schema
+    # can say that part, so it is only in the description)
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [
-                {"properties": {"tool_choice": {"enum": ["none", None]}}},
-                {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
-            ]
+            "if": {
+                "properties": {
+                    "tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}
+                },
+                "required": ["tool_choice"],
+            },
+            "then": {"properties": {"tools": {"type": "array"}}, "required": ["tools"]},
         }
     )
-
     messages: list[ChatMessage] = Field(..., min_length=1)
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema: the reply is generated to parse (validate)"
     )
-    tools: list[Tool] | None = Field(None, description="functions the model may call")
+    tools: Annotated[list[Tool], Field(min_length=1)] | None = Field(
+        None, description="functions the model may call"
+    )
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None,
-        description='"auto" when tools are given; "required" or a named one forces a call; '
-        'anything but "none" needs tools, and a named one must be among them',
+        description='"auto" when tools are given; "required" or a named one (which must be '
+        "among the tools) forces a call",
     )
     parallel_tool_calls: Bool | None = Field(True, description="allow more than one call per reply")
     max_completion_tokens: Int(ge=1) | None = Field(None, description="newer name of max_tokens")

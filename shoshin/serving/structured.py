@@ -38,41 +38,22 @@ class Structured:
     streams: dict[int, CallStream] = field(default_factory=dict)  # per choice, when streamed
 
 
-def structured_output(server, body: ChatCompletionRequest) -> Structured:
-    """The request's Structured; a 400 for an unknown tool, a schema shoshin cannot enforce, or a
-    server without the `structured` extra."""
-    fmt, param = body.response_format, "response_format"
-    answer: dict | None = None  # the JSON Schema of a reply that is not a call
-    if fmt is not None and fmt.type == "json_object":
-        answer = ANY_JSON_OBJECT
-    elif fmt is not None and fmt.type == "json_schema":
-        if fmt.json_schema is None:
-            raise APIError(400, "response_format json_schema needs a json_schema", param=param)
-        answer = fmt.json_schema.schema_ or {}
-    choice = body.tool_choice or ("auto" if body.tools else "none")
-    if choice != "none" and not body.tools:
-        raise APIError(400, "tool_choice needs tools", param="tool_choice")
-    if choice == "none":
-        grammar = None if answer is None else json_schema_grammar(answer)
-        structured = Structured(grammar, body.tools and _offered(body.tools))
-    else:
-        functions = [(t.function.name, t.function.parameters or NO_ARGUMENTS) for t in body.tools]
-        if not isinstance(choice, str):  # a named function
-            named = [f for f in functions if f[0] == choice.function.name]
-            if not named:
-                raise APIError(
-                    400,
-                    f"tool_choice names {choice.function.name!r}, which is not among the tools",
-                    param="tool_choice",
-                )
-            functions = named
-        free = None
-        if choice == "auto":
-            free = "text" if answer is None else json_schema_grammar(answer)
-        param = "tools"
-        grammar = tool_call_grammar(functions, body.parallel_tool_calls is not False, free)
-        structured = Structured(grammar, _offered(body.tools), calls=True)
-    if structured.grammar is not None:
+def format_schema(kind: str | None, schema: dict | None, param: str) -> dict | None:
+    """The JSON Schema a reply must match for an output format (chat's `response_format`, the
+    Responses API's `text.format`): None for text, any object for json_object."""
+    if kind == "json_object":
+        return ANY_JSON_OBJECT
+    if kind == "json_schema":
+        if schema is None:
+            raise APIError(400, "a json_schema format needs its schema", param=param)
+        return schema
+    return None
+
+
+def checked(server, grammar: str | None, param: str) -> str | None:
+    """`grammar`, compiled once against the served vocabulary: a 400 naming `param` when it
+    cannot be enforced (an unsupported schema keyword, say)."""
+    if grammar is not None:
         try:
             constraints(server).compile(structured.grammar)
         except ShoshinError as exc:
@@ -83,17 +64,6 @@ def structured_output(server, body: ChatCompletionRequest) -> Structured:
 def _offered(tools) -> list[dict]:
     """The tools as the prompt shows them (unset fields left out: shorter prompts)."""
     return [t.model_dump(exclude_none=True) for t in tools]
-
-
-def format_grammar(server, schema: dict, param: str) -> str:
-    """The grammar of a reply that is one JSON value valid against `schema`; a 400 naming `param`
-    when shoshin cannot enforce the schema."""
-    grammar = json_schema_grammar(schema)
-    try:
-        constraints(server).compile(grammar)
-    except ShoshinError as exc:
-        raise APIError(400, f"{param}: {exc}", param=param) from None
-    return grammar
 
 
 def constraints(server) -> Constraints:

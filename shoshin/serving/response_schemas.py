@@ -1,7 +1,8 @@
 """Request and response bodies of OpenAI's Responses API (`/v1/responses`), the subset served.
 
 Text input or a list of input messages, `instructions`, `max_output_tokens`, `temperature` and
-`top_p` (generated from SamplingParams, as in schemas.py), streaming. Responses are not stored:
+`top_p` (generated from SamplingParams, as in schemas.py), structured output through
+`text.format` (json_object, json_schema), streaming. Responses are not stored:
 `store` is accepted and has no effect, and `previous_response_id` is a 400 (see UNSUPPORTED).
 """
 

@@ -112,6 +112,9 @@ class ResponseReply(Reply):
             max_output_tokens=body.max_output_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
+            text={"format": fmt.model_dump(by_alias=True, exclude_none=True)}
+            if (fmt := body.text and body.text.format)
+            else {"format": {"type": "text"}},
             usage=used,
         )
 

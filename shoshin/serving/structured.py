@@ -55,15 +55,44 @@ def checked(server, grammar: str | None, param: str) -> str | None:
     cannot be enforced (an unsupported schema keyword, say)."""
     if grammar is not None:
         try:
-            constraints(server).compile(structured.grammar)
+            constraints(server).compile(grammar)
         except ShoshinError as exc:
             raise APIError(400, f"{param}: {exc}", param=param) from None
-    return structured
+    return grammar
 
 
-def _offered(tools) -> list[dict]:
-    """The tools as the prompt shows them (unset fields left out: shorter prompts)."""
-    return [t.model_dump(exclude_none=True) for t in tools]
+def structured_output(server, body: ChatCompletionRequest) -> Structured:
+    """The chat request's Structured; a 400 for an unknown tool, a schema shoshin cannot enforce,
+    or a server without the `structured` extra."""
+    fmt = body.response_format
+    answer = None
+    if fmt is not None:
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        answer = format_schema(fmt.type, schema, "response_format")
+    choice = body.tool_choice or "auto"
+    if not body.tools:  # auto with nothing to call is plain text
+        if choice not in ("auto", "none"):
+            raise APIError(400, "tool_choice needs tools to choose from", param="tool_choice")
+        choice = "none"
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+    if choice == "none":
+        grammar = None if answer is None else json_schema_grammar(answer)
+        return Structured(checked(server, grammar, "response_format"), tools)
+    functions = [(t.function.name, t.function.parameters or NO_ARGUMENTS) for t in body.tools]
+    if not isinstance(choice, str):  # a named function
+        functions = [f for f in functions if f[0] == choice.function.name]
+        if not functions:
+            raise APIError(
+                400,
+                f"tool_choice names {choice.function.name!r}, which is not among the tools",
+                param="tool_choice",
+            )
+    free = None
+    if choice == "auto":
+        free = "text" if answer is None else json_schema_grammar(answer)
+    parallel = body.parallel_tool_calls is not False
+    grammar = tool_call_grammar(functions, parallel, free)
+    return Structured(checked(server, grammar, "tools"), tools, calls=True)
 
 
 def constraints(server) -> Constraints:

@@ -116,12 +116,34 @@ class TrainConfig:
         16, "sequences per micro-batch (per process under torchrun)", minimum=1
     )
     grad_accum: int = setting(1, "micro-batches accumulated into one optimizer step", minimum=1)
-    lr: float = setting(1e-3, "peak learning rate")
-    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay", minimum=0)
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw",
+        "adamw for every weight, or muon: Muon (torch.optim.Muon) for the 2-D hidden weight "
+        "matrices at muon_lr, AdamW at lr for embeddings, head, norms and biases",
+    )
+    lr: float = setting(1e-3, "peak learning rate (of AdamW; with optimizer=muon, of its part)")
+    muon_lr: float = setting(
+        0.02,
+        "Muon's peak learning rate (optimizer=muon), scaled by sqrt(max(1, rows/cols)) of each "
+        "matrix; the schedule moves it with lr",
+    )
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (optimizer=muon), in [0, 1)")
+    muon_weight_decay: float = setting(
+        0.0, "Muon's decoupled weight decay of the hidden matrices (optimizer=muon)", minimum=0
+    )
+    schedule: Literal["cosine", "wsd"] = setting(
+        "cosine",
+        "after warmup: cosine decay to min_lr, or wsd: warmup, stable at lr, then a linear "
+        "decay to min_lr over the last warmdown_fraction of the steps",
+    )
+    warmdown_fraction: float = setting(
+        0.4, "share of the steps (to lr_decay_steps) over which wsd decays, in (0, 1]"
+    )
+    min_lr: float = setting(1e-4, "learning rate at the end of the decay", minimum=0)
     warmup_steps: int = setting(100, "steps of linear warmup to lr", minimum=0)
     lr_decay_steps: int = setting(
         0,
-        "step where the cosine reaches min_lr, then held there; 0 = max_steps "
+        "step where the decay reaches min_lr, then held there; 0 = max_steps "
         "(a resume that changes max_steps sets it, so the schedule does not jump)",
         minimum=0,
     )
@@ -160,6 +182,14 @@ class TrainConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             raise ShoshinError(f"train.lr must be positive, got {self.lr}")
+        if self.muon_lr <= 0:
+            raise ShoshinError(f"train.muon_lr must be positive, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ShoshinError(f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not 0.0 < self.warmdown_fraction <= 1.0:
+            raise ShoshinError(
+                f"train.warmdown_fraction must be in (0, 1], got {self.warmdown_fraction}"
+            )
 
 
 @dataclass

@@ -204,9 +204,11 @@ def main() -> None:
             work, seed = Path(tmp) / f"seed-{k}", SEED + k
             row = run_shoshin(args.preset, corpus, seed, args.overrides, work)
             results["shoshin"].append({"seed": seed, **row})
+            print(f"shoshin seed {seed}: {row}", flush=True)  # as it comes: runs take minutes
             if args.nanogpt:
                 row = run_nanogpt(args.nanogpt.resolve(), seed, work)
                 results["nanoGPT"].append({"seed": seed, **row})
+                print(f"nanoGPT seed {seed}: {row}", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.seeds} seed(s)")
     report(args.preset, results)
 

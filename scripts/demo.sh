@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, train a small GPT chatbot on the chitchat corpus, talk to it.
+# The main job on a fresh machine: install, train a small chatbot on the chitchat corpus, talk to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh

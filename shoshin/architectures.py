@@ -32,6 +32,8 @@ class Architecture:
     cache_values: Callable[[Any, int], int]
     # module names (suffixes) that LoRA adapts for each `lora.targets` choice; None = no LoRA
     lora_targets: dict[str, tuple[str, ...]] | None = None
+    # the rules a config of this architecture must follow (ModelConfig.validate calls it)
+    check_config: Callable[[Any], None] | None = None
 
     def model_class(self) -> type:
         """The nn.Module class that builds this architecture from a ModelConfig."""
@@ -49,6 +51,69 @@ def _gpt_activations(c: Any, B: int) -> int:
     B_T_C = B * c.block_size * c.n_embd
     per_layer = 17 * B_T_C + (2 * B * c.n_head * c.block_size**2 if c.dropout > 0 else 0)
     return c.n_layer * per_layer + 3 * B_T_C
+
+
+def _check_gpt(c: Any) -> None:
+    if c.n_head < 1:
+        raise ShoshinError(f"model.n_head must be at least 1, got {c.n_head}")
+    if c.n_embd % c.n_head:
+        raise ShoshinError(
+            f"model.n_embd ({c.n_embd}) must be a multiple of model.n_head ({c.n_head})"
+        )
+
+
+def head_dim(c: Any) -> int:
+    """Width of one attention head (llama)."""
+    return c.head_dim or c.n_embd // c.n_head
+
+
+def kv_heads(c: Any) -> int:
+    """Key/value heads (llama: grouped-query attention)."""
+    return c.n_kv_head or c.n_head
+
+
+def intermediate_size(c: Any) -> int:
+    """The llama MLP's hidden width: declared, or Llama's 8/3 n_embd (rounded up to a multiple of
+    32) for the gated MLP, whose three matrices then hold as many weights as relu2's 4 n_embd two."""
+    if c.intermediate_size:
+        return c.intermediate_size
+    if c.mlp == "relu2":
+        return 4 * c.n_embd
+    return -(-8 * c.n_embd // 3 // 32) * 32
+
+
+def _check_llama(c: Any) -> None:
+    if c.n_head < 1:
+        raise ShoshinError(f"model.n_head must be at least 1, got {c.n_head}")
+    if not c.head_dim and c.n_embd % c.n_head:
+        raise ShoshinError(
+            f"model.n_embd ({c.n_embd}) must be a multiple of model.n_head ({c.n_head}), "
+            "or set model.head_dim"
+        )
+    if head_dim(c) % 2:
+        raise ShoshinError(f"rotary embeddings need an even head width, got {head_dim(c)}")
+    if c.n_head % kv_heads(c):
+        raise ShoshinError(f"model.n_kv_head ({c.n_kv_head}) must divide model.n_head ({c.n_head})")
+    if c.bias:
+        raise ShoshinError("model.arch=llama has no biases: set model.bias=false")
+    if c.norm != "pre":
+        raise ShoshinError("model.arch=llama is pre-norm only: set model.norm=pre")
+
+
+def _llama_activations(c: Any, B: int) -> int:
+    # Per layer, in units of B*T: the block input and its RMSNorm (2C); q, k, v before and after
+    # QK-norm and rotary (2 (q + 2 kv), kv = n_kv_head * head_dim); the attention output and its
+    # re-assembled copy (2q); the residual sum and its RMSNorm (2C); the MLP's gate, up, silu(gate)
+    # and their product (4I; relu2: up, relu, square, 3I). Around the blocks: embeddings and the
+    # final RMSNorm (2C).
+    B_T = B * c.block_size
+    q = c.n_head * head_dim(c)
+    kv = kv_heads(c) * head_dim(c)
+    mlp = (3 if c.mlp == "relu2" else 4) * intermediate_size(c)
+    per_layer = B_T * (4 * c.n_embd + 4 * q + 4 * kv + mlp)
+    if c.dropout > 0:
+        per_layer += 2 * B * c.n_head * c.block_size**2
+    return c.n_layer * per_layer + 2 * B_T * c.n_embd
 
 
 def _lstm_activations(c: Any, B: int) -> int:
@@ -71,6 +136,26 @@ ARCHITECTURES: dict[str, Architecture] = {
             "mlp": ("mlp.c_fc", "mlp.c_proj"),
             "both": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
         },
+        check_config=_check_gpt,
+    ),
+    "llama": Architecture(
+        model="shoshin.models.llama.Llama",
+        summary="Transformer decoder of the Llama/Qwen3 layout: RMSNorm, rotary positions, "
+        "grouped-query attention, SwiGLU",
+        # attention scores and weighted sum over the context, at the query width
+        extra_flops_per_token=lambda c: 12.0 * c.n_layer * c.n_head * head_dim(c) * c.block_size,
+        activation_values=_llama_activations,
+        # K and V of the key/value heads only: grouped-query attention shrinks the cache
+        cache_values=lambda c, batch: (
+            2 * c.n_layer * batch * c.block_size * kv_heads(c) * head_dim(c)
+        ),
+        # transformers' LlamaForCausalLM / Qwen3ForCausalLM names: exported adapters apply there
+        lora_targets={
+            "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+            "mlp": ("gate_proj", "up_proj", "down_proj"),
+            "both": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        },
+        check_config=_check_llama,
     ),
     "lstm": Architecture(
         model="shoshin.models.lstm.LSTM",

@@ -1,7 +1,11 @@
-"""`shoshin eval`: held-out scores, harness tasks and a pairwise comparison, recorded in the run.
+"""`shoshin eval`: validation loss, held-out scores, harness tasks and a pairwise comparison,
+recorded in the run.
 
-The held-out scores are `shoshin.generation.scoring`'s, which the trainer also records at the end
-of training, so the numbers logged then are the numbers `shoshin eval RUN` gives.
+For a run, `shoshin eval RUN` first prints its validation loss on the whole validation split, the
+one definition (shoshin.training.validation) that training ends with: the same number for the same
+checkpoint. The held-out scores are another measure: each document scored from its own start, per
+role for chat (`shoshin.generation.scoring`, which the trainer also calls at the end of training,
+so the held-out numbers logged then are the numbers `shoshin eval RUN` gives).
 """
 
 from __future__ import annotations
@@ -78,16 +82,55 @@ def heldout_documents(
             f"{subject.name} is not a run, so it has no validation split; "
             "give held-out data with --data FILE.jsonl"
         )
+    data_ = _run_data(subject, log)
+    docs = documents_from_tokens(data_.tokenizer, data_.val.tokens, limit, max_tokens)
+    return docs, f"{len(docs)} validation documents of {subject.run.config.data.source}"
+
+
+def _run_data(subject: Subject, log: Log) -> Any:
+    """The run's prepared corpus (PreparedData), re-read (or read from the cache) as it trained."""
     from shoshin.data.dataset import prepare_data
     from shoshin.data.tokenizers import BpeTokenizer
 
+    assert subject.run is not None
     config = subject.run.config.data
     pretrained = subject.tokenizer if config.tokenizer == "pretrained" else None
     if pretrained is not None and not isinstance(pretrained, BpeTokenizer):
         raise ShoshinError(f"run {subject.name} has no BPE tokenizer to re-read its data with")
-    data_ = prepare_data(config, log=log, tokenizer=pretrained)
-    docs = documents_from_tokens(data_.tokenizer, data_.val.tokens, limit, max_tokens)
-    return docs, f"{len(docs)} validation documents of {config.source}"
+    return prepare_data(config, log=log, tokenizer=pretrained)
+
+
+def validation_record(subject: Subject, command: Sequence[str], log: Log = print) -> EvalRecord:
+    """The run's validation loss on its whole validation split (shoshin.training.validation: the
+    figure training ends with), logged and returned as the `val` record."""
+    from shoshin.training.validation import per_unit, validation_loss
+
+    assert subject.run is not None
+    config = subject.run.config
+    data = _run_data(subject, log)
+    T = config.model.block_size
+    device = next(subject.model.parameters()).device
+    loss = validation_loss(subject.model, data.val, T, config.train.batch_size, device)
+    metrics = {"loss": loss}
+    bits = (
+        per_unit(loss, data.meta, config.data.tokenizer) if config.data.loss_on == "all" else None
+    )
+    if bits is not None:
+        metrics[f"bits_per_{bits[0]}"] = bits[1]
+    extra = f", {bits[1]:.4f} bits per {bits[0]}" if bits is not None else ""
+    log(f"validation loss (whole split, windows of {T} tokens): {loss:.4f}{extra}")
+    return EvalRecord(
+        name="val",
+        kind="val",
+        metrics=metrics,
+        checkpoint=subject.checkpoint,
+        command=list(command),
+        details={
+            "data": config.data.source,
+            "block_size": T,
+            "split_tokens": int(data.val.tokens.size),
+        },
+    )
 
 
 def evaluate(
@@ -115,6 +158,8 @@ def evaluate(
         limits = (max_documents, max_tokens)
         records += _pairwise(subject, against, data, limits, params, prompts, out, command, log)
     elif has_data:
+        if data is None:  # the run's own split: first its validation loss, as training ends
+            records.append((validation_record(subject, command, log), None))
         docs, source = heldout_documents(subject, data, max_documents, max_tokens, log)
         scores = score_documents(subject.model, subject.tokenizer, docs)
         log(format_heldout(scores, source))

@@ -1,4 +1,5 @@
-"""Models: a GPT (GPT-1 and GPT-2 layouts) and an LSTM, both plain nn.Modules, built by name.
+"""Models: a GPT (GPT-1 and GPT-2 layouts), a Llama (Llama/Qwen3 layout) and an LSTM, all plain
+nn.Modules, built by name.
 
 `ARCHITECTURES` (`shoshin/architectures.py`, re-exported here) is the one list of what
 `model.arch` may name: config validation, `build_model`, the cost estimate and the error for an
@@ -15,6 +16,7 @@ import torch.nn as nn
 from shoshin.architectures import ARCHITECTURES, Architecture, architecture
 from shoshin.config import ModelConfig
 from shoshin.models.gpt import GPT
+from shoshin.models.llama import Llama
 from shoshin.models.lstm import LSTM
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "GPT",
     "LSTM",
     "Architecture",
+    "Llama",
     "architecture",
     "build_model",
     "count_parameters",

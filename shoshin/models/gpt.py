@@ -76,6 +76,22 @@ class KVCache:
             mask = (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
         return CacheStep(lengths[0] if uniform else None, lengths, starts, span, mask)
 
+    def write(self, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
+        """Write layer's new keys/values (B, nh, T, hs) at each row's length; return the cached
+        keys/values to attend over, (B, nh, S, hs)."""
+        B, _, T, _ = k.shape
+        ck, cv = self.k[layer], self.v[layer]  # (B, nh, max_len, hs)
+        if step.start is not None:
+            s = step.start
+            ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
+        elif T == 1:
+            rows = torch.arange(B, device=k.device)
+            ck[rows, :, step.starts], cv[rows, :, step.starts] = k[:, :, 0], v[:, :, 0]
+        else:
+            for b, s in enumerate(step.lengths):
+                ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
+        return ck[:, :, : step.span], cv[:, :, : step.span]
+
 
 @dataclass
 class CacheStep:
@@ -127,27 +143,11 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )  # (B, nh, T, hs)
         else:
-            k, v = self._append(cache, layer, step, k, v)  # (B, nh, S, hs): all cached so far
+            k, v = cache.write(layer, step, k, v)  # (B, nh, S, hs): all cached so far
             with sdpa_kernel(CACHED_ATTENTION_KERNELS):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
-
-    @staticmethod
-    def _append(cache: KVCache, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
-        """Write the new keys/values at each row's length; return the cached keys/values to attend over."""
-        B, _, T, _ = k.shape
-        ck, cv = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs)
-        if step.start is not None:
-            s = step.start
-            ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
-        elif T == 1:
-            rows = torch.arange(B, device=k.device)
-            ck[rows, :, step.starts], cv[rows, :, step.starts] = k[:, :, 0], v[:, :, 0]
-        else:
-            for b, s in enumerate(step.lengths):
-                ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
-        return ck[:, :, : step.span], cv[:, :, : step.span]
 
 
 class MLP(nn.Module):

@@ -1,5 +1,6 @@
 """The `eval/` folder of a run: one JSON record per evaluation, read back by show, compare and matrix.
 
+    eval/val.json                  validation loss on the whole validation split (shoshin eval RUN)
     eval/heldout.json              held-out scores of the validation conversations (or texts)
     eval/lm-eval.<task>.json       one harness task: metrics, version, sample counts, harness version
     eval/lm-eval.<task>.samples.jsonl   the harness's per-sample records (inputs, log-likelihoods)
@@ -31,7 +32,7 @@ class EvalRecord:
     `pairwise.<run id>`; `metrics` are the numbers reported as `<name>.<metric>` columns."""
 
     name: str
-    kind: str  # heldout | lm-eval | pairwise
+    kind: str  # val | heldout | lm-eval | pairwise
     metrics: dict[str, float]
     checkpoint: str | None = None  # e.g. step-0000500
     command: list[str] = field(default_factory=list)

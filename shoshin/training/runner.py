@@ -24,6 +24,7 @@ from shoshin.storage.checkpoint import (
 )
 from shoshin.storage.files import remove_temporaries
 from shoshin.training.distributed import init_distributed
+from shoshin.training.optim import warmdown_start
 from shoshin.training.trainer import Trainer
 
 
@@ -101,7 +102,7 @@ def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
             read_state(path)  # the adapters are checked by name and shape as they load
         else:
             verify_checkpoint(path, config.model, str(run.path / CONFIG))
-        changed = change_budget(config, changes)
+        changed = change_budget(config, changes, read_state(path)["step"])
         trainer = Trainer(config, run, log=log, init=init)
         trainer.load("latest")
         if config.train.max_steps < trainer.step:
@@ -118,17 +119,28 @@ def resume(run: Run, log=print, changes: Sequence[str] = ()) -> Run:
     return run
 
 
-def change_budget(config: Config, changes: Sequence[str]) -> dict[str, list[Any]]:
+def change_budget(
+    config: Config, changes: Sequence[str], step: int | None = None
+) -> dict[str, list[Any]]:
     """Apply a resume's new budget to `config`; returns what changed, {key: [before, after]}.
 
-    The learning-rate schedule is the one the run trained with: when max_steps moves, the cosine
+    The learning-rate schedule is the one the run trained with: when max_steps moves, the decay
     still reaches min_lr where it did (train.lr_decay_steps keeps the old max_steps), and steps past
-    it train at min_lr, as nanoGPT's lr_decay_iters does. The LR never jumps on a resume.
+    it train at min_lr, as nanoGPT's lr_decay_iters does. A wsd run still in its stable phase at
+    `step` (its checkpoint's), under the old budget and the new, is the exception: its rate is
+    constant there, so the warmdown moves to the end of the new budget. The LR never jumps.
     """
     tc = config.train
     keys = ("max_steps", "max_minutes", "lr_decay_steps")
     before = {k: getattr(tc, k) for k in keys}
+    old_warmdown = warmdown_start(tc)
     apply_overrides(config, list(changes))
     if tc.max_steps != before["max_steps"] and not tc.lr_decay_steps:
-        tc.lr_decay_steps = before["max_steps"]
+        stable = (
+            tc.schedule == "wsd"
+            and step is not None
+            and step < min(old_warmdown, warmdown_start(tc))
+        )
+        if not stable:
+            tc.lr_decay_steps = before["max_steps"]
     return {f"train.{k}": [before[k], getattr(tc, k)] for k in keys if getattr(tc, k) != before[k]}

@@ -3,7 +3,7 @@
 One step is: set the learning rate from the schedule; for each of train.grad_accum micro-batches,
 a forward pass (under bf16 autocast when train.dtype=bfloat16) and a backward pass of loss /
 grad_accum (under DDP, gradients are all-reduced on the last micro-batch only); clip the gradient
-norm; AdamW step. `shoshin train` and `finetune` (the Trainer), the estimate's calibration and
+norm; optimizer step (AdamW, or Muon and AdamW: shoshin.training.optim). `shoshin train` and `finetune` (the Trainer), the estimate's calibration and
 `lr-find` all use it, so a change here changes all of them alike.
 """
 
@@ -70,6 +70,8 @@ class TrainStep:
         self.schedule = schedule
         self.dist = dist
         self.optimizer = make_optimizer(model, tc, dist.device.type)
+        # Each group's peak rate relative to train.lr: the schedule moves Muon's and AdamW's alike.
+        self.lr_scales = [group["lr"] / tc.lr for group in self.optimizer.param_groups]
         # DDP averages the gradients across ranks during backward; one process trains the bare model.
         self.ddp = (
             DistributedDataParallel(
@@ -98,8 +100,8 @@ class TrainStep:
         """
         tc = self.tc
         lr = self.schedule(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(self.optimizer.param_groups, self.lr_scales, strict=True):
+            group["lr"] = lr * scale
         loss_sum = 0.0
         for micro in range(tc.grad_accum):
             x, y = draw_batch(self.split, tc.batch_size, self.block_size, self.generator, self.dist)

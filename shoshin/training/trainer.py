@@ -36,7 +36,6 @@ from shoshin.generation.scoring import heldout_at_end_of_training
 from shoshin.interop.hf import Pretrained
 from shoshin.models import count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
-from shoshin.models.loss import IGNORE_INDEX
 from shoshin.runs.mlflow_sink import open_mirror
 from shoshin.runs.provenance import code_fingerprint, data_record
 from shoshin.runs.store import (
@@ -69,6 +68,7 @@ from shoshin.training.setup import (
     training_data,
 )
 from shoshin.training.step import TrainStep
+from shoshin.training.validation import loss_sums, per_unit
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -112,6 +112,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training across resumes (evaluation excluded)
         self.tokens_seen = 0
         self.last_eval_step = -1
+        self.last_eval_whole = False  # whether that evaluation scored the whole split
         self._last_beat = -math.inf
         self.stopped_on_budget = False
         # The last state recorded in full (see _commit): what an interrupt keeps.
@@ -185,37 +186,33 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean validation loss per target over train.eval_iters batches (0: the whole split).
+    def evaluate(self, whole: bool = False) -> dict[str, float]:
+        """Validation loss (shoshin.training.validation): the whole split when `whole`, in float32,
+        else the estimate of train.eval_iters batches of the same windows spread evenly over it.
 
-        The batches tile the split (data.dataset.eval_batches), the same ones every time. Under
-        DDP each rank scores every world_size-th batch and the sums are combined over ranks.
+        Under DDP each rank scores every world_size-th batch and the sums are combined over ranks.
         """
         tc, T, world = self.config.train, self.config.model.block_size, self.dist.world_size
-        self.model.eval()
-        total = count = 0.0
-        batches = eval_batches(self.data.val, tc.batch_size * world, T, tc.eval_iters)
-        for i, (x, y) in enumerate(batches):
-            if i % world == self.dist.rank:
-                n = int((y != IGNORE_INDEX).sum())
-                # The bare model: DDP's forward would wait for ranks that score fewer batches.
-                with self.train_step.autocast:
-                    total += self.model(x.to(self.device), y.to(self.device)).item() * n
-                count += n
-        self.model.train()
+        batches = eval_batches(
+            self.data.val, tc.batch_size * world, T, 0 if whole else tc.eval_iters
+        )
+        # The bare model: DDP's forward would wait for ranks that score fewer batches.
+        total, count = loss_sums(
+            self.model,
+            batches,
+            self.device,
+            autocast=None if whole else self.train_step.autocast,
+            mine=lambda i: i % world == self.dist.rank,
+        )
         loss = self.dist.mean(total) / max(self.dist.mean(count), 1e-12)  # sum / sum over ranks
         self.last_eval_step = self.step
+        self.last_eval_whole = whole
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        meta = self.data.meta
         if self.config.data.loss_on == "all":
             # Bits per character (char tokenizer) or per UTF-8 byte (BPE): comparable across tokenizers.
-            unit = "char" if self.config.data.tokenizer == "char" else "byte"
-            units = (
-                meta["characters"]["val"] if unit == "char" else meta.get("bytes", {}).get("val")
-            )
-            if units:
-                out[f"val_bits_per_{unit}"] = loss * meta["tokens"]["val"] / units / math.log(2)
+            bits = per_unit(loss, self.data.meta, self.config.data.tokenizer)
+            if bits is not None:
+                out[f"val_bits_per_{bits[0]}"] = bits[1]
         return out
 
     # -- the loop ------------------------------------------------------------------------
@@ -301,19 +298,20 @@ class Trainer:
         return {"train_loss": loss, "lr": lr, "tokens_per_sec": tokens_per_sec}
 
     def _evaluate_if_due(self, row: dict[str, float]) -> bool:
-        """Evaluate every eval_interval steps and at the end, into `row`; True if val improved."""
+        """Estimate the val loss every eval_interval steps, score the whole split at the end, into
+        `row`; True if val improved."""
         tc = self.config.train
         due = tc.eval_interval and self.step % tc.eval_interval == 0
         if not due and self.step != tc.max_steps:
             return False
         started = time.monotonic()
-        improved = self._evaluate_into(row)
+        improved = self._evaluate_into(row, whole=self.step == tc.max_steps)
         since, at = self._log_clock
         self._log_clock = (since + time.monotonic() - started, at)  # keep evaluation out of tok/s
         return improved
 
-    def _evaluate_into(self, row: dict[str, float]) -> bool:
-        row.update(self.evaluate())
+    def _evaluate_into(self, row: dict[str, float], whole: bool = False) -> bool:
+        row.update(self.evaluate(whole))
         improved = row["val_loss"] < self.best_val
         self.best_val = min(self.best_val, row["val_loss"])
         return improved
@@ -352,10 +350,11 @@ class Trainer:
         self._committed_rng = capture_rng(self.batch_gen)
 
     def _close_out(self) -> None:
-        """After the loop: the end state evaluated and checkpointed (also after a stop by time
-        budget), then the held-out documents scored (shoshin.evaluation)."""
+        """After the loop: the whole validation split scored and the end state checkpointed (also
+        after a stop by time budget), then the held-out documents scored (shoshin.evaluation)."""
         row: dict[str, float] = {}
-        improved = self.last_eval_step != self.step and self._evaluate_into(row)
+        scored = self.last_eval_step == self.step and self.last_eval_whole
+        improved = not scored and self._evaluate_into(row, whole=True)
         self._write_row(row)
         if improved or self._latest_checkpoint_step() != self.step:
             self._save(capture_rng(self.batch_gen), best=improved)

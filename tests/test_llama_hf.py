@@ -110,7 +110,7 @@ def test_options_beyond_llama_refuse_to_export(option, message, tmp_path):
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
 
 
-def test_a_trained_llama_run_exports_through_the_cli(tmp_path):
+def test_a_trained_llama_run_evaluates_and_exports_through_the_cli(tmp_path):
     chat = write_chat(tmp_path / "chat.jsonl")
     trained = run_cli(
         "train", "tiny", "model.arch=llama", "model.bias=false", "model.n_kv_head=1",
@@ -119,6 +119,14 @@ def test_a_trained_llama_run_exports_through_the_cli(tmp_path):
         "train.calibrate=false", "train.sample_tokens=0",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+    # evaluation: shoshin eval gives the numbers training recorded at its end
+    (run,) = (tmp_path / "runs").iterdir()
+    at_end = json.loads((run / "eval" / "heldout.json").read_text())
+    evaluated = run_cli("eval", "latest", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    (record,) = json.loads(evaluated.stdout)
+    assert record["metrics"] == pytest.approx(at_end["metrics"], abs=1e-6)
+
     exported = run_cli("export", "latest", "--out", str(tmp_path / "hf"))
     assert exported.returncode == 0, exported.stderr
     model, tok = shoshin.load("latest")

@@ -92,7 +92,7 @@ def test_unknown_config_key_suggests_close_match():
     [
         ("model.n_layer=two", "model.n_layer expects an integer"),
         ("train.lr=fast", "train.lr expects a number"),
-        ("model.arch=rnn", "model.arch must be one of gpt, lstm"),
+        ("model.arch=rnn", "model.arch must be one of gpt, llama, lstm"),
         ("model.n_embd=33", "multiple of model.n_head"),
         ("nonsense", "must look like section.key=value"),
     ],

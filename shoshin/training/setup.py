@@ -29,11 +29,15 @@ def training_data(
     tokenizer: Tokenizer | None = None,
 ) -> PreparedData:
     """The run's prepared data (rank 0 tokenizes and caches, the others then read the cache),
-    checked to hold a window of `block_size`; sets `config.model.vocab_size` from its tokenizer."""
+    checked to hold a window of `block_size`; sets `config.model.vocab_size` from its tokenizer
+    (fine-tuning a padded embedding keeps its unused rows: never fewer than the checkpoint's)."""
     with dist.main_first():
         data = prepare_data(config.data, log=log, tokenizer=tokenizer)
     check_fits(data, config.model.block_size, config.data.source)
+    rows = config.model.vocab_size  # fine-tuning: the checkpoint's embedding rows
     config.model.vocab_size = data.tokenizer.vocab_size
+    if config.data.tokenizer == "pretrained":
+        config.model.vocab_size = max(config.model.vocab_size, rows)
     return data
 
 

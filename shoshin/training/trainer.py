@@ -90,7 +90,8 @@ class Trainer:
         self.data: PreparedData = training_data(config, self.dist, self.log, tokenizer)
         self.model = seeded_model(config)
         if init is not None:
-            init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
+            # the vocabulary may have grown by the chat tokens
+            init.copy_into(self.model, tokens=self.data.tokenizer.vocab_size)
             self._record(base_model=init.describe())
         self.adapter = self._attach_lora(init)
         self.model.to(self.device)

@@ -38,14 +38,8 @@ import torch
 
 from shoshin.config import ModelConfig, load_config
 from shoshin.generation import Engine, SamplingParams, naive_generate
-from shoshin.generation.precision import (
-    Int8Linear,
-    PackedLinear,
-    TransposedLinear,
-    cpu_features,
-    cpu_has_bf16_matmul,
-    prepare_for_inference,
-)
+from shoshin.generation.precision import cpu_features, cpu_has_bf16_matmul, prepare_for_inference
+from shoshin.generation.quantize import Int4Linear, Int8Linear, PackedLinear, TransposedLinear
 from shoshin.models import GPT
 
 VOCAB = 50257

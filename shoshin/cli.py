@@ -272,20 +272,23 @@ def _load_for_inference(args: argparse.Namespace):
 def _add_precision_options(parser: argparse.ArgumentParser) -> None:
     """--dtype, --quantize (with what is fastest on this CPU: shoshin.generation.precision) and
     --device."""
-    from shoshin.generation.precision import fastest_on_this_cpu
+    from shoshin.generation.precision import INT4_GROUP_SIZE, precision_help
 
-    fastest = fastest_on_this_cpu().replace("%", "%%")
+    fastest = precision_help().replace("%", "%%")
     parser.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "auto"],
         help=f"weights and activations (fp32 is exact: it equals --no-cache); {fastest}",
     )
     parser.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "int4"],
         default=None,
-        help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+        help=(
+            "int8 weights (per output channel) or int4 weights (groups of "
+            f"{INT4_GROUP_SIZE} inputs); their quality cost is in docs/BENCHMARKS.md"
+        ),
     )
     parser.add_argument(
         "--device",

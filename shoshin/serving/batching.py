@@ -4,7 +4,9 @@ The engine's `Batch` (shoshin.generation.engine) does the decoding: prompts pref
 one cache, one batched forward pass per step, each row sampled with its own parameters and
 generator. This scheduler adds only what serving needs: a queue of waiting requests admitted into
 free rows at step boundaries, cancellation (a client that went away), telling each request's
-listener about its tokens, and keeping the server alive if a step fails. It runs in one background
+listener about its tokens, keeping the server alive if a step fails, and prefix reuse: a prompt
+that starts like an earlier prompt or conversation starts from its keys and values
+(shoshin.generation.prefix). It runs in one background
 thread and knows only token ids; text lives in the server.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch.nn as nn
 
 from shoshin.generation.engine import Engine, Generation, TokenLogprob
+from shoshin.generation.prefix import DEFAULT_MAX_BYTES, PrefixCache
 from shoshin.generation.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,23 @@ class BatchScheduler:
     Requests beyond the free slots wait in a queue (first come, first served).
     """
 
-    def __init__(self, model: nn.Module, slots: int = 16):
+    def __init__(
+        self,
+        model: nn.Module,
+        slots: int = 16,
+        prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+        decode: str = "eager",
+    ):
         if slots < 1:
             raise ValueError("a scheduler needs at least one slot")
-        self.engine = Engine(model.eval())
+        self.engine = Engine(model.eval(), decode=decode)
         self.batch = self.engine.new_batch(slots)
+        # keys/values of earlier prompts and conversations (None: off, or a recurrent model)
+        self.prefixes = (
+            PrefixCache(prefix_cache_bytes)
+            if prefix_cache_bytes > 0 and PrefixCache.supports(self.batch.cache)
+            else None
+        )
         self.requests: list[Request | None] = [None] * slots  # by row
         self.waiting: deque[Request] = deque()
         self.steps = 0  # batched decode steps taken, for /health and benchmarks
@@ -147,15 +162,33 @@ class BatchScheduler:
                     break
                 self.requests[b] = request = self.waiting.popleft()
                 joining[b] = request.generation
-        if joining:
-            self.batch.add(joining)
+        if not joining:
+            return
+        for b, generation in joining.items():
+            self.batch.cache.reset(b)
+            if self.prefixes is not None and generation.params.prompt_logprobs is None:
+                self.prefixes.restore(self.batch.cache, b, generation.prompt)
+        self.batch.add(joining, cached=True)  # rows hold a reused prefix, or nothing
+        if self.prefixes is not None:
+            for b, generation in joining.items():  # e.g. a system prompt shared by what follows
+                self.prefixes.store(self.batch.cache, b, generation.prompt)
 
     def _end(self, b: int, reason: str) -> None:
         request = self.requests[b]
         self.requests[b] = None
+        if self.prefixes is not None and reason in ("stop", "length"):
+            self._keep_conversation(b, request.generation)
         if self.batch.rows[b] is not None:
             self.batch.release(b)
         self._tell_end(request, reason)
+
+    def _keep_conversation(self, b: int, generation: Generation) -> None:
+        """Store what row b's cache holds: prompt and reply but the last token (never fed), which
+        a chat client sends back as the start of its next turn. Not after an overflow refilled
+        the row (its positions no longer start at the prompt's first token)."""
+        ids, window = generation.history.ids, self.batch.cache.max_len
+        if len(ids) <= window:
+            self.prefixes.store(self.batch.cache, b, ids[: int(self.batch.cache.lengths[b])])
 
     @staticmethod
     def _tell_end(request: Request, reason: str) -> None:

@@ -34,33 +34,67 @@ def setting(default: Any, help: str, minimum: float | None = None) -> Any:
 class ModelConfig:
     """The network: which architecture and what shape."""
 
-    arch: str = setting("gpt", "architecture, a name in shoshin.models.ARCHITECTURES: gpt or lstm")
+    arch: str = setting(
+        "gpt", "architecture, a name in shoshin.models.ARCHITECTURES: gpt, llama or lstm"
+    )
     n_layer: int = setting(4, "Transformer blocks or LSTM layers", minimum=1)
-    n_head: int = setting(4, "attention heads (gpt); n_embd must be a multiple of it")
+    n_head: int = setting(
+        4, "attention heads (gpt, llama); n_embd must be a multiple of it unless head_dim is set"
+    )
     n_embd: int = setting(128, "width: embedding and hidden size", minimum=1)
     block_size: int = setting(128, "context length in tokens", minimum=1)
     dropout: float = setting(0.0, "dropout probability in training, in [0, 1)")
-    bias: bool = setting(True, "biases in the linear layers and LayerNorms (gpt)")
+    bias: bool = setting(
+        True, "biases in the linear layers and LayerNorms (gpt; llama has none: set it false)"
+    )
     norm: Literal["pre", "post"] = setting(
-        "pre", "pre: LayerNorm before each sublayer (GPT-2); post: after it (GPT-1)"
+        "pre", "pre: LayerNorm before each sublayer (GPT-2); post: after it (GPT-1); gpt only"
     )
     activation: Literal["gelu_tanh", "gelu"] = setting(
-        "gelu_tanh", "MLP activation: gelu_tanh (GPT-1/GPT-2 checkpoints) or exact gelu"
+        "gelu_tanh", "gpt's MLP activation: gelu_tanh (GPT-1/GPT-2 checkpoints) or exact gelu"
     )
-    layer_norm_eps: float = setting(1e-5, "epsilon of the LayerNorms")
+    layer_norm_eps: float = setting(
+        1e-5, "epsilon of the LayerNorms (gpt) or RMSNorms (llama): added to the variance"
+    )
     tie_embeddings: bool = setting(True, "the output head shares the token embedding's weights")
+    n_kv_head: int = setting(
+        0,
+        "llama: key/value heads, grouped-query attention (a divisor of n_head); 0 = n_head",
+        minimum=0,
+    )
+    head_dim: int = setting(
+        0, "llama: width of one attention head (even); 0 = n_embd // n_head", minimum=0
+    )
+    intermediate_size: int = setting(
+        0,
+        "llama: MLP hidden width; 0 = 8/3 n_embd rounded up to 32 (swiglu), 4 n_embd (relu2)",
+        minimum=0,
+    )
+    rope_theta: float = setting(
+        10000.0, "llama: base of the rotary position embedding's frequencies", minimum=1
+    )
+    qk_norm: bool = setting(
+        False, "llama: RMSNorm each head's queries and keys before rotary (Qwen3's QK-norm)"
+    )
+    mlp: Literal["swiglu", "relu2"] = setting(
+        "swiglu",
+        "llama MLP: swiglu (Llama/Qwen3) or relu2, squared ReLU (beyond Llama: "
+        "transformers cannot run it)",
+    )
+    logit_softcap: float = setting(
+        0.0,
+        "llama: cap the logits smoothly at +-this, cap * tanh(logits / cap); 0 = off "
+        "(beyond Llama: transformers cannot run it)",
+        minimum=0,
+    )
     vocab_size: int = setting(0, "set from the tokenizer when training starts", minimum=0)
 
     def validate(self) -> None:
         from shoshin.models import architecture  # the registry of known architectures
 
-        architecture(self.arch)
-        if self.arch == "gpt" and self.n_head < 1:
-            raise ShoshinError(f"model.n_head must be at least 1, got {self.n_head}")
-        if self.arch == "gpt" and self.n_embd % self.n_head:
-            raise ShoshinError(
-                f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})"
-            )
+        check = architecture(self.arch).check_config
+        if check is not None:
+            check(self)  # the rules of this architecture's shape
         if not 0.0 <= self.dropout < 1.0:
             raise ShoshinError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not self.layer_norm_eps > 0:  # LayerNorm divides by sqrt(variance + eps)
@@ -174,7 +208,9 @@ class LoraConfig:
     alpha: float = setting(16.0, "LoRA scaling numerator: the update is scaled by alpha / rank")
     dropout: float = setting(0.0, "dropout on the adapters' input in training, in [0, 1)")
     targets: Literal["attention", "mlp", "both"] = setting(
-        "both", "layers that get adapters: attention (c_attn, c_proj), mlp (c_fc, c_proj) or both"
+        "both",
+        "layers that get adapters: attention (gpt: c_attn, c_proj; llama: q/k/v/o_proj), "
+        "mlp (gpt: c_fc, c_proj; llama: gate/up/down_proj) or both",
     )
 
     def validate(self, environment: bool = True) -> None:

@@ -36,8 +36,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+LLAMA = dict(arch="llama", bias=False, n_kv_head=1, qk_norm=True, tie_embeddings=False)
+
+
 def sharp_gpt(n_embd: int = 64, **kw) -> torch.nn.Module:
-    """A tiny GPT whose random weights give sharp, input-dependent logits."""
+    """A tiny GPT (or, with LLAMA's keys, Llama) whose random weights give sharp logits."""
     torch.manual_seed(0)
     config = ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=96, vocab_size=VOCAB, **kw)
     model = build_model(config).eval()
@@ -67,15 +70,22 @@ def test_int4_weights_are_within_half_a_level_of_their_group():
     assert (err > 0).any()  # it is quantized
 
 
-def test_int4_model_tracks_fp32_and_layers_that_do_not_split_stay_int8():
-    torch.manual_seed(0)  # GPT-2's initialisation: not chaotic, so errors stay comparable
-    config = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB)
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_int4_model_tracks_fp32_and_layers_that_do_not_split_stay_int8(arch):
+    torch.manual_seed(0)
+    keys = LLAMA if arch == "llama" else {}
+    config = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB, **keys)
     model = build_model(config).eval()
+    with torch.no_grad():  # GPT-2's scale everywhere (Llama starts its output layers at zero)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
     x = torch.randint(0, VOCAB, (2, 30))
     with torch.no_grad():
         ref = model(x)
         int4 = prepare_for_inference(copy.deepcopy(model), "fp32", "int4")
-        assert isinstance(int4.h[0].mlp.c_fc, Int4Linear) and isinstance(int4.lm_head, Int4Linear)
+        linears = [m for m in int4.modules() if hasattr(m, "in_features")]
+        assert linears and all(isinstance(m, Int4Linear) for m in linears)
         err = float((int4(x) - ref).abs().max() / ref.abs().max())
         assert err < 0.15  # 16 levels per group of 64 weights
     out = Engine(int4).generate([1, 2, 3], SamplingParams(20, temperature=0))
@@ -110,9 +120,10 @@ def test_dtype_auto_uses_the_dtype_measured_fastest_here_and_caches_it(tmp_path,
 # -- the static decode step ---------------------------------------------------------------------
 
 
-def test_static_step_agrees_with_the_eager_forward_for_rows_of_different_lengths():
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_static_step_agrees_with_the_eager_forward_for_rows_of_different_lengths(arch):
     """What a compiled step or a CUDA graph runs: the whole cache behind a mask (fp32: 1e-5)."""
-    model = sharp_gpt()
+    model = sharp_gpt(**(LLAMA if arch == "llama" else {}))
     cache = model.new_cache(3, 40)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [3, 1, 4, 1, 5]]
     with torch.no_grad():
@@ -147,8 +158,9 @@ def test_decode_mode_selection_and_the_cpu_fallback_of_cuda_graphs():
 
 
 @pytest.mark.slow
-def test_compiled_decode_gives_eager_greedy_tokens_and_reports_its_first_call():
-    model = sharp_gpt()
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_compiled_decode_gives_eager_greedy_tokens_and_reports_its_first_call(arch):
+    model = sharp_gpt(**(LLAMA if arch == "llama" else {}))
     params = SamplingParams(40, temperature=0)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     eager = Engine(model).generate_batch(prompts, params)

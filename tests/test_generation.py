@@ -22,6 +22,10 @@ MODELS = {
     "gpt-pre": dict(arch="gpt", norm="pre", activation="gelu_tanh"),
     "gpt-post": dict(arch="gpt", norm="post", activation="gelu"),
     "lstm": dict(arch="lstm"),
+    # grouped-query attention (2 query heads share 1 kv head), Qwen3's QK-norm, an untied head
+    "llama": dict(arch="llama", bias=False, n_kv_head=1, qk_norm=True, tie_embeddings=False),
+    # the options beyond Llama: squared-ReLU MLP and soft-capped logits
+    "llama-relu2": dict(arch="llama", bias=False, mlp="relu2", logit_softcap=15.0),
 }
 
 
@@ -59,7 +63,7 @@ def test_cached_greedy_equals_naive_for_220_tokens(kind):
     assert cached == naive
 
 
-@pytest.mark.parametrize("kind", ["gpt-pre", "lstm"])
+@pytest.mark.parametrize("kind", ["gpt-pre", "lstm", "llama"])
 def test_cached_sampling_equals_naive_with_the_same_seed(kind):
     model = tiny_model(kind)
     params = dict(temperature=0.9, top_k=20, top_p=0.95, seed=7)
@@ -168,7 +172,7 @@ def overflow_reference(model, prompt, n, keep):
     return ids[len(prompt) :]
 
 
-@pytest.mark.parametrize("kind", ["gpt-pre", "gpt-post"])
+@pytest.mark.parametrize("kind", ["gpt-pre", "gpt-post", "llama"])
 def test_context_overflow_keeps_the_recent_half_window_and_never_crashes(kind):
     model = tiny_model(kind, block_size=32)
     prompt = [5, 3, 8, 1, 9, 2]
@@ -218,7 +222,7 @@ def test_bad_sampling_parameters_are_user_errors():
             engine.generate([1], SamplingParams(**{"max_new_tokens": 3, **bad}))
 
 
-@pytest.mark.parametrize("kind", ["gpt-pre", "lstm"])
+@pytest.mark.parametrize("kind", ["gpt-pre", "lstm", "llama"])
 def test_bf16_and_int8_models_track_the_fp32_model(kind):
     import copy
 
@@ -227,6 +231,10 @@ def test_bf16_and_int8_models_track_the_fp32_model(kind):
         n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB, **MODELS[kind]
     )
     model = build_model(config).eval()
+    with torch.no_grad():  # GPT-2's scale everywhere (Llama starts its output layers at zero)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
     x = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         ref = model(x).float()

@@ -24,10 +24,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def sharp_model(block_size: int = 160) -> torch.nn.Module:
-    """A tiny GPT whose random weights give sharp, input-dependent logits."""
+LLAMA = dict(arch="llama", bias=False, n_kv_head=1, qk_norm=True, tie_embeddings=False)
+
+
+def sharp_model(block_size: int = 160, arch: str = "gpt") -> torch.nn.Module:
+    """A tiny GPT or Llama whose random weights give sharp, input-dependent logits."""
     torch.manual_seed(0)
-    config = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=VOCAB)
+    keys = LLAMA if arch == "llama" else {}
+    config = ModelConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=VOCAB, **keys
+    )
     model = build_model(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -63,8 +69,9 @@ def assert_same(with_reuse: list, without: list) -> None:
         assert max(abs(a - b) for a, b in zip(logprobs, logprobs0, strict=True)) < 1e-4
 
 
-def test_a_resent_conversation_reuses_its_keys_and_values_with_the_same_output():
-    model = sharp_model()
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_a_resent_conversation_reuses_its_keys_and_values_with_the_same_output(arch):
+    model = sharp_model(arch=arch)
     params = SamplingParams(max_new_tokens=12, temperature=0, logprobs=0)
     gen = torch.Generator().manual_seed(0)
     system = torch.randint(0, VOCAB, (40,), generator=gen).tolist()

@@ -1,4 +1,4 @@
-"""Training: both architectures learn, resume is exact after SIGKILL, Ctrl-C and NaN are handled."""
+"""Training: every architecture learns, resume is exact after SIGKILL, Ctrl-C and NaN are handled."""
 
 from __future__ import annotations
 
@@ -29,12 +29,21 @@ def _only_run(tmp_path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("arch", ["gpt", "lstm"])
-def test_both_architectures_learn(arch, shakespeare_like, tmp_path):
+@pytest.mark.parametrize(
+    "arch, shape",
+    [
+        ("gpt", []),
+        ("lstm", []),
+        # grouped-query attention and QK-norm
+        ("llama", ["model.bias=false", "model.n_kv_head=1", "model.qk_norm=true"]),
+    ],
+)
+def test_every_architecture_learns(arch, shape, shakespeare_like, tmp_path):
     config = load_config(
         "tiny",
         [
             f"model.arch={arch}",
+            *shape,
             f"data.source={shakespeare_like}",
             "train.max_steps=120",
             "train.eval_interval=120",

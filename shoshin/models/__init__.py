@@ -1,11 +1,13 @@
-"""Models: a GPT (GPT-1 and GPT-2 layouts) and an LSTM, both plain nn.Modules, and the registry of
-known architectures.
+"""Models: a GPT (GPT-1 and GPT-2 layouts), a Llama (Llama/Qwen3 layout) and an LSTM, all plain
+nn.Modules, and the registry of known architectures.
 
 `ARCHITECTURES` is the one list of what `model.arch` may name: config validation, `build_model`,
 the cost estimate and the error for an unknown name all read it. Adding a model: write its module
 (an nn.Module taking a ModelConfig, with `forward(idx, targets=None, cache=None, logits_at=None)`,
 `new_cache` (whose `lengths` is a CPU tensor), and the two generation declarations
 `context_window` and `right_padding_safe`), then add an entry here.
+
+(An upward import for one function: ModelConfig.validate asks this registry for `check_config`.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch.nn as nn
 
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
+from shoshin.models import llama
 from shoshin.models.gpt import GPT
+from shoshin.models.llama import Llama
 from shoshin.models.lstm import LSTM
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "GPT",
     "LSTM",
     "Architecture",
+    "Llama",
     "build_model",
     "count_parameters",
     "count_trainable",
@@ -46,6 +51,8 @@ class Architecture:
     cache_values: Callable[[ModelConfig, int], int]
     # module names (suffixes) that LoRA adapts for each `lora.targets` choice; None = no LoRA
     lora_targets: dict[str, tuple[str, ...]] | None = None
+    # the rules a config of this architecture must follow (ModelConfig.validate calls it)
+    check_config: Callable[[ModelConfig], None] | None = None
 
 
 def _gpt_activations(c: ModelConfig, B: int) -> int:
@@ -56,6 +63,31 @@ def _gpt_activations(c: ModelConfig, B: int) -> int:
     B_T_C = B * c.block_size * c.n_embd
     per_layer = 17 * B_T_C + (2 * B * c.n_head * c.block_size**2 if c.dropout > 0 else 0)
     return c.n_layer * per_layer + 3 * B_T_C
+
+
+def _check_gpt(c: ModelConfig) -> None:
+    if c.n_head < 1:
+        raise ShoshinError(f"model.n_head must be at least 1, got {c.n_head}")
+    if c.n_embd % c.n_head:
+        raise ShoshinError(
+            f"model.n_embd ({c.n_embd}) must be a multiple of model.n_head ({c.n_head})"
+        )
+
+
+def _llama_activations(c: ModelConfig, B: int) -> int:
+    # Per layer, in units of B*T: the block input and its RMSNorm (2C); q, k, v before and after
+    # QK-norm and rotary (2 (q + 2 kv), kv = n_kv_head * head_dim); the attention output and its
+    # re-assembled copy (2q); the residual sum and its RMSNorm (2C); the MLP's gate, up, silu(gate)
+    # and their product (4I; relu2: up, relu, square, 3I). Around the blocks: embeddings and the
+    # final RMSNorm (2C).
+    B_T = B * c.block_size
+    q = c.n_head * llama.head_dim(c)
+    kv = llama.kv_heads(c) * llama.head_dim(c)
+    mlp = (3 if c.mlp == "relu2" else 4) * llama.intermediate_size(c)
+    per_layer = B_T * (4 * c.n_embd + 4 * q + 4 * kv + mlp)
+    if c.dropout > 0:
+        per_layer += 2 * B * c.n_head * c.block_size**2
+    return c.n_layer * per_layer + 2 * B_T * c.n_embd
 
 
 def _lstm_activations(c: ModelConfig, B: int) -> int:
@@ -78,6 +110,28 @@ ARCHITECTURES: dict[str, Architecture] = {
             "mlp": ("mlp.c_fc", "mlp.c_proj"),
             "both": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
         },
+        check_config=_check_gpt,
+    ),
+    "llama": Architecture(
+        model=Llama,
+        summary="Transformer decoder of the Llama/Qwen3 layout: RMSNorm, rotary positions, "
+        "grouped-query attention, SwiGLU",
+        # attention scores and weighted sum over the context, at the query width
+        extra_flops_per_token=lambda c: (
+            12.0 * c.n_layer * c.n_head * llama.head_dim(c) * c.block_size
+        ),
+        activation_values=_llama_activations,
+        # K and V of the key/value heads only: grouped-query attention shrinks the cache
+        cache_values=lambda c, batch: (
+            2 * c.n_layer * batch * c.block_size * llama.kv_heads(c) * llama.head_dim(c)
+        ),
+        # transformers' LlamaForCausalLM / Qwen3ForCausalLM names: exported adapters apply there
+        lora_targets={
+            "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+            "mlp": ("gate_proj", "up_proj", "down_proj"),
+            "both": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        },
+        check_config=llama.check_config,
     ),
     "lstm": Architecture(
         model=LSTM,

@@ -77,6 +77,30 @@ class KVCache:
             mask = (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
         return CacheStep(lengths[0] if uniform else None, lengths, starts, span, mask)
 
+    def static_step(self, starts: torch.Tensor) -> CacheStep:
+        """The step of one new token per row at positions `starts` (B,), on the model's device,
+        attending over the whole cache through a mask: no host value in it, and shapes that depend
+        only on the cache (what a compiled step or a CUDA graph needs)."""
+        k_pos = torch.arange(self.max_len, device=starts.device)
+        mask = (k_pos[None, :] <= starts[:, None])[:, None, None]  # (B, 1, 1, S)
+        return CacheStep(None, [], starts, self.max_len, mask)
+
+    def write(self, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
+        """Write layer's new keys/values (B, nh, T, hs) at each row's length; return the cached
+        keys/values to attend over, (B, nh, S, hs)."""
+        B, _, T, _ = k.shape
+        ck, cv = self.k[layer], self.v[layer]  # (B, nh, max_len, hs)
+        if step.start is not None:
+            s = step.start
+            ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
+        elif T == 1:
+            rows = torch.arange(B, device=k.device)
+            ck[rows, :, step.starts], cv[rows, :, step.starts] = k[:, :, 0], v[:, :, 0]
+        else:
+            for b, s in enumerate(step.lengths):
+                ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
+        return ck[:, :, : step.span], cv[:, :, : step.span]
+
 
 @dataclass
 class CacheStep:
@@ -128,26 +152,10 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )  # (B, nh, T, hs)
         else:
-            k, v = self._append(cache, layer, step, k, v)  # (B, nh, S, hs): all cached so far
+            k, v = cache.write(layer, step, k, v)  # (B, nh, S, hs): all cached so far
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
-
-    @staticmethod
-    def _append(cache: KVCache, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
-        """Write the new keys/values at each row's length; return the cached keys/values to attend over."""
-        B, _, T, _ = k.shape
-        ck, cv = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs)
-        if step.start is not None:
-            s = step.start
-            ck[:, :, s : s + T], cv[:, :, s : s + T] = k, v
-        elif T == 1:
-            rows = torch.arange(B, device=k.device)
-            ck[rows, :, step.starts], cv[rows, :, step.starts] = k[:, :, 0], v[:, :, 0]
-        else:
-            for b, s in enumerate(step.lengths):
-                ck[b, :, s : s + T], cv[b, :, s : s + T] = k[b], v[b]
-        return ck[:, :, : step.span], cv[:, :, : step.span]
 
 
 class MLP(nn.Module):
@@ -297,9 +305,7 @@ class GPT(nn.Module):
         replayed. The caller advances cache.lengths. Same arithmetic as forward() but for the
         masked positions (exact zeros in the softmax), so it agrees with it within float rounding.
         """
-        k_pos = torch.arange(cache.max_len, device=idx.device)
-        mask = (k_pos[None, :] <= starts[:, None])[:, None, None]  # (B, 1, 1, S)
-        step = CacheStep(None, [], starts, cache.max_len, mask)
+        step = cache.static_step(starts)
         x = self.wte(idx) + self.wpe(starts[:, None])  # (B, 1, C)
         with sdpa_kernel(CACHED_ATTENTION_KERNELS):
             for i, block in enumerate(self.h):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -1
@@ -23,7 +24,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def head_loss(head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_loss(
+    head: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """lm_loss of head(x), computing logits only at positions whose target counts.
 
     With an assistant-only loss many positions carry no target; skipping their projection onto the

@@ -1,0 +1,283 @@
+"""A Llama/Qwen3-layout language model, readable top to bottom (after nanoGPT and transformers'
+modeling_llama).
+
+What changes from the GPT-2 layout (models/gpt.py):
+- RMSNorm instead of LayerNorm, and no biases anywhere;
+- rotary position embeddings (RoPE) instead of learned positions: queries and keys are rotated
+  by an angle proportional to their position, so attention scores depend on relative distance;
+- grouped-query attention: n_kv_head key/value heads, each shared by n_head / n_kv_head queries
+  (a smaller KV cache);
+- a gated MLP, down(silu(gate(x)) * up(x)) (SwiGLU);
+- optionally Qwen3's QK-norm: an RMSNorm over each head's queries and keys before the rotation.
+
+Two options go beyond Llama/Qwen3 for small models trained from scratch: `model.mlp=relu2`
+(down(relu(up(x))^2)) and `model.logit_softcap`; transformers cannot run a model that uses them.
+
+The module names are those of transformers' LlamaForCausalLM (`layers.0.self_attn.q_proj`, ...),
+less its `model.` prefix: checkpoints convert by renaming alone, and LoRA adapters apply there.
+The KV cache, with its per-row lengths, is the GPT's; a row's rotary positions come from its length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
+
+from shoshin.config import ModelConfig
+from shoshin.errors import ShoshinError
+from shoshin.models.gpt import CACHED_ATTENTION_KERNELS, CacheStep, KVCache, TiedEmbedding
+from shoshin.models.loss import head_loss
+
+
+def head_dim(c: ModelConfig) -> int:
+    """Width of one attention head."""
+    return c.head_dim or c.n_embd // c.n_head
+
+
+def kv_heads(c: ModelConfig) -> int:
+    """Key/value heads (grouped-query attention)."""
+    return c.n_kv_head or c.n_head
+
+
+def intermediate_size(c: ModelConfig) -> int:
+    """The MLP's hidden width: declared, or Llama's 8/3 n_embd (rounded up to a multiple of 32)
+    for the gated MLP, whose three matrices then hold as many weights as relu2's 4 n_embd two."""
+    if c.intermediate_size:
+        return c.intermediate_size
+    if c.mlp == "relu2":
+        return 4 * c.n_embd
+    return -(-8 * c.n_embd // 3 // 32) * 32
+
+
+def check_config(c: ModelConfig) -> None:
+    """The rules of a llama-arch shape (ModelConfig.validate calls this through the registry)."""
+    if c.n_head < 1:
+        raise ShoshinError(f"model.n_head must be at least 1, got {c.n_head}")
+    if not c.head_dim and c.n_embd % c.n_head:
+        raise ShoshinError(
+            f"model.n_embd ({c.n_embd}) must be a multiple of model.n_head ({c.n_head}), "
+            "or set model.head_dim"
+        )
+    if head_dim(c) % 2:
+        raise ShoshinError(f"rotary embeddings need an even head width, got {head_dim(c)}")
+    if c.n_head % kv_heads(c):
+        raise ShoshinError(f"model.n_kv_head ({c.n_kv_head}) must divide model.n_head ({c.n_head})")
+    if c.bias:
+        raise ShoshinError("model.arch=llama has no biases: set model.bias=false")
+    if c.norm != "pre":
+        raise ShoshinError("model.arch=llama is pre-norm only: set model.norm=pre")
+
+
+def rotary(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles at `positions` (T,) or (B, T): (..., T, dim), float32.
+
+    Frequency i is theta^(-2i/dim); the angles are laid out twice, [f_0..f_{d/2-1}, f_0..], to
+    match rotate_half below (transformers' convention, so checkpoints need no permutation).
+    Computed per forward from the positions: a few hundred values, and exact at any length.
+    """
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim
+    )
+    angles = positions.float()[..., None] * inv_freq  # (..., T, dim/2)
+    emb = torch.cat((angles, angles), dim=-1)  # (..., T, dim)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, nh, T, hs) by the angles (T, hs) or (B, 1, T, hs)."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = (
+            config.n_head,
+            kv_heads(config),
+            head_dim(config),
+        )
+        self.dropout = config.dropout
+        C, hs = config.n_embd, self.head_dim
+        self.q_proj = nn.Linear(C, self.n_head * hs, bias=False)
+        self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
+        self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
+        self.o_proj = nn.Linear(self.n_head * hs, C, bias=False)
+        if config.qk_norm:  # Qwen3: one RMSNorm over each head's width, shared by all heads
+            self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None = None,
+        layer: int = 0,
+        step: CacheStep | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.size()
+        hs = self.head_dim
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, hs)).transpose(
+            1, 2
+        )  # (B, nh, T, hs)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_head, hs)).transpose(
+            1, 2
+        )  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        gqa = self.n_kv_head != self.n_head  # SDPA broadcasts each kv head to its group of queries
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=True,
+                enable_gqa=gqa,
+            )  # (B, nh, T, hs)
+        else:
+            k, v = cache.write(layer, step, k, v)  # (B, nkv, S, hs): all cached so far
+            with sdpa_kernel(CACHED_ATTENTION_KERNELS):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * hs)  # re-assemble the heads
+        return self.resid_dropout(self.o_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = intermediate_size(config)
+        self.relu2 = config.mlp == "relu2"
+        if not self.relu2:
+            self.gate_proj = nn.Linear(config.n_embd, hidden, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relu2:
+            h = F.relu(self.up_proj(x)).square()
+        else:
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.dropout(self.down_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = nn.RMSNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, cache=None, layer: int = 0, step=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer, step)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    # Declared for generation (see models/gpt.py): a token never attends to later positions, and a
+    # row's rotary positions come from its own cache length, so right padding is harmless.
+    right_padding_safe = True
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
+        self.config = config
+        embedding = TiedEmbedding if config.tie_embeddings else nn.Embedding
+        self.embed_tokens = embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm = nn.RMSNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Small normal weights; every output projection (and an untied head) starts at zero, so
+        each block starts as the identity on the residual stream (modded-nanogpt's choice)."""
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")) or (
+                name == "lm_head.weight" and not self.config.tie_embeddings
+            ):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model sees at once: block_size, the positions it trains at."""
+        return self.config.block_size
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to max_len (default block_size) tokens."""
+        c = self.config
+        p = self.embed_tokens.weight
+        max_len = min(max_len or c.block_size, c.block_size)
+        return KVCache(c.n_layer, batch_size, kv_heads(c), head_dim(c), max_len, p.device, p.dtype)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), the mean loss instead.
+
+        The cache and logits_at work as in GPT.forward.
+        """
+        B, T = idx.size()
+        step = None
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"{T} tokens is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:
+            step = cache.plan(T, idx.device)
+            pos = step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        cos, sin = rotary(pos, head_dim(self.config), self.config.rope_theta)
+        if cache is not None:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs): one set of positions per row
+        x = self.drop(self.embed_tokens(idx))  # (B, T, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, (cos, sin), cache, i, step)
+        if cache is not None:
+            cache.lengths += T  # advanced once, by the model, after every layer has written
+        x = self.norm(x)
+        if targets is not None:
+            return head_loss(self.logits, x, targets)
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
+        return self.logits(x)  # (B, T or 1, vocab)
+
+    def decode_static(
+        self, idx: torch.Tensor, cache: KVCache, starts: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per row at positions `starts` (B,), attending
+        over the whole cache through a mask: fixed shapes for a compiled step or a CUDA graph (see
+        GPT.decode_static). The caller advances cache.lengths."""
+        step = cache.static_step(starts)
+        cos, sin = rotary(starts[:, None], head_dim(self.config), self.config.rope_theta)
+        x = self.embed_tokens(idx)  # (B, 1, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, (cos[:, None], sin[:, None]), cache, i, step)
+        return self.logits(self.norm(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output head, soft-capped when model.logit_softcap is set."""
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits

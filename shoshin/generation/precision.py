@@ -28,6 +28,7 @@ import copy
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def _measure_cache_file() -> Path:
 
 def _cpu_key() -> str:
     f = cpu_features()
-    return f"{f['model'] or f['capability']} | torch {torch.__version__}"
+    threads = torch.get_num_threads()  # two threads share bandwidth and overhead differently
+    return f"{f['model'] or f['capability']} | torch {torch.__version__} | {threads} threads"
 
 
 def cached_speeds() -> dict | None:
@@ -109,8 +111,8 @@ def measured_speeds(rounds: int = 3, steps: int = 16) -> dict:
     Measured once (a few seconds) on a GPT-2-small-wide model of four blocks, prepared as
     `prepare_for_inference` prepares it, decoding `steps` tokens at batch 1 (so the norms,
     attention and conversions count, not only the matmuls), interleaved and best of `rounds`;
-    then cached by CPU model and PyTorch version. A damaged or unwritable cache file only means
-    measuring again.
+    then cached by CPU model, PyTorch version and thread count. A damaged or unwritable cache
+    file only means measuring again.
     """
     from shoshin.config import ModelConfig
     from shoshin.models.gpt import GPT
@@ -118,6 +120,7 @@ def measured_speeds(rounds: int = 3, steps: int = 16) -> dict:
     known = cached_speeds()
     if known is not None:
         return known
+    print("shoshin: timing fp32 against bf16 decoding on this CPU (once)", file=sys.stderr)
     torch.manual_seed(0)
     config = ModelConfig(n_layer=4, n_head=12, n_embd=768, block_size=64, vocab_size=8192)
     plain = GPT(config)

@@ -68,9 +68,10 @@ class PrefixCache:
 
     def store(self, cache, row: int, tokens: Sequence[int]) -> None:
         """Keep the keys/values of `tokens`, which the first len(tokens) positions of `row` of
-        `cache` hold; stored sequences that are prefixes of it are dropped (it covers them)."""
+        `cache` hold (the caller's word: the row's length may already be reset); stored sequences
+        that are prefixes of it are dropped (it covers them)."""
         n = len(tokens)
-        if n < self.min_reuse or n > int(cache.lengths[row]):
+        if n < self.min_reuse or n > cache.max_len:
             return
         key = tuple(tokens)
         size = 2 * cache.k[:, row, :, :n].numel() * cache.k.element_size()

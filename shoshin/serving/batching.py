@@ -140,7 +140,7 @@ class BatchScheduler:
         for b, request in enumerate(self.requests):
             if request is not None and request.cancelled:
                 self._end(b, "cancelled")
-        self._admit()
+        joined = self._admit()
         for b, token in self.batch.sample():
             request = self.requests[b]
             logprobs = request.generation.logprobs
@@ -148,11 +148,17 @@ class BatchScheduler:
         for b, request in enumerate(self.requests):  # scoring passes finish without a token
             if request is not None and request.generation.done:
                 self._end(b, request.generation.finish_reason)
+        if self.prefixes is not None:  # after the first tokens went out: not on their path
+            for b, generation in joined.items():  # e.g. a system prompt shared by what follows
+                request = self.requests[b]
+                if request is not None and request.generation is generation:
+                    self.prefixes.store(self.batch.cache, b, generation.prompt)
         self.batch.advance()
         self.steps += 1
 
-    def _admit(self) -> None:
-        """Move waiting requests into the lowest free rows and prefill them together."""
+    def _admit(self) -> dict[int, Generation]:
+        """Move waiting requests into the lowest free rows and prefill them together; returns
+        them by row."""
         joining: dict[int, Generation] = {}
         with self._wake:
             for b in self.batch.free_rows():
@@ -163,32 +169,31 @@ class BatchScheduler:
                 self.requests[b] = request = self.waiting.popleft()
                 joining[b] = request.generation
         if not joining:
-            return
+            return joining
         for b, generation in joining.items():
             self.batch.cache.reset(b)
             if self.prefixes is not None and generation.params.prompt_logprobs is None:
                 self.prefixes.restore(self.batch.cache, b, generation.prompt)
         self.batch.add(joining, cached=True)  # rows hold a reused prefix, or nothing
-        if self.prefixes is not None:
-            for b, generation in joining.items():  # e.g. a system prompt shared by what follows
-                self.prefixes.store(self.batch.cache, b, generation.prompt)
+        return joining
 
     def _end(self, b: int, reason: str) -> None:
         request = self.requests[b]
         self.requests[b] = None
-        if self.prefixes is not None and reason in ("stop", "length"):
-            self._keep_conversation(b, request.generation)
+        held = int(self.batch.cache.lengths[b])
         if self.batch.rows[b] is not None:
-            self.batch.release(b)
-        self._tell_end(request, reason)
+            self.batch.release(b)  # only forgets the row's length: its keys/values stay
+        self._tell_end(request, reason)  # the client first: storing is not on its path
+        if self.prefixes is not None and reason in ("stop", "length"):
+            self._keep_conversation(b, request.generation, held)
 
-    def _keep_conversation(self, b: int, generation: Generation) -> None:
-        """Store what row b's cache holds: prompt and reply but the last token (never fed), which
-        a chat client sends back as the start of its next turn. Not after an overflow refilled
-        the row (its positions no longer start at the prompt's first token)."""
+    def _keep_conversation(self, b: int, generation: Generation, held: int) -> None:
+        """Store the `held` positions row b's cache holds: prompt and reply but the last token
+        (never fed), which a chat client sends back as the start of its next turn. Not after an
+        overflow refilled the row (its positions no longer start at the prompt's first token)."""
         ids, window = generation.history.ids, self.batch.cache.max_len
         if len(ids) <= window:
-            self.prefixes.store(self.batch.cache, b, ids[: int(self.batch.cache.lengths[b])])
+            self.prefixes.store(self.batch.cache, b, ids[:held])
 
     @staticmethod
     def _tell_end(request: Request, reason: str) -> None:

@@ -47,6 +47,7 @@ from shoshin.generation.precision import (
     measured_speeds,
     prepare_for_inference,
 )
+from shoshin.generation.prefix import common_prefix
 from shoshin.generation.quantize import Int4Linear, Int8Linear, PackedLinear, TransposedLinear
 from shoshin.models import GPT
 
@@ -226,13 +227,6 @@ def val_loss(model, windows: torch.Tensor) -> float:
         for chunk in windows.split(64):
             total += float(model(chunk[:, :-1], targets=chunk[:, 1:])) * len(chunk)
     return total / len(windows)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
 
 
 def small_trained_model(steps: int):
@@ -466,7 +460,7 @@ def main() -> None:
             fast = prepare_for_inference(copy.deepcopy(trained), d, q)
             dloss = val_loss(fast, windows) - base_loss
             agree = sum(
-                _common(Engine(fast).generate(p, greedy(32)), ref) / 32
+                common_prefix(Engine(fast).generate(p, greedy(32)), ref) / 32
                 for p, ref in zip(prompts, reference, strict=True)
             ) / len(prompts)
             print(f"{name:<6} val-loss change {dloss:+.4f}   greedy agreement {agree:.0%}")

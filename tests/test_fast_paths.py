@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from fast_tiny import LLAMA, VOCAB, one_thread, sharp_model  # noqa: F401
 
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
@@ -24,32 +25,6 @@ from shoshin.generation.quantize import (
 )
 from shoshin.generation.static import graph_batch_size, resolve_mode
 from shoshin.models import build_model
-
-VOCAB = 61
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-LLAMA = dict(arch="llama", bias=False, n_kv_head=1, qk_norm=True, tie_embeddings=False)
-
-
-def sharp_gpt(n_embd: int = 64, **kw) -> torch.nn.Module:
-    """A tiny GPT (or, with LLAMA's keys, Llama) whose random weights give sharp logits."""
-    torch.manual_seed(0)
-    config = ModelConfig(n_layer=2, n_head=2, n_embd=n_embd, block_size=96, vocab_size=VOCAB, **kw)
-    model = build_model(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model
-
 
 # -- int4 ---------------------------------------------------------------------------------------
 
@@ -90,10 +65,10 @@ def test_int4_model_tracks_fp32_and_layers_that_do_not_split_stay_int8(arch):
         assert err < 0.15  # 16 levels per group of 64 weights
     out = Engine(int4).generate([1, 2, 3], SamplingParams(20, temperature=0))
     assert len(out) == 20
-    odd = prepare_for_inference(sharp_gpt(n_embd=96), "fp32", "int4")  # 96 is not 64k
+    odd = prepare_for_inference(sharp_model(n_embd=96), "fp32", "int4")  # 96 is not 64k
     assert isinstance(odd.lm_head, Int8Linear)
     with pytest.raises(ShoshinError, match="int4"):
-        prepare_for_inference(sharp_gpt(), "fp32", "int3")
+        prepare_for_inference(sharp_model(), "fp32", "int3")
 
 
 # -- --dtype auto -------------------------------------------------------------------------------
@@ -108,7 +83,7 @@ def test_dtype_auto_uses_the_dtype_measured_fastest_here_and_caches_it(tmp_path,
     stored = json.loads((tmp_path / "precision.json").read_text())
     assert list(stored.values()) == [speeds]  # keyed by this CPU and PyTorch version
     assert precision.measured_speeds() == speeds  # read back, not measured again
-    model = prepare_for_inference(sharp_gpt(), "auto")
+    model = prepare_for_inference(sharp_model(), "auto")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[speeds["fastest"]]
     assert model.wte.weight.dtype == dtype
     assert f"{speeds['fastest']} decodes fastest" in precision.precision_help()
@@ -123,7 +98,7 @@ def test_dtype_auto_uses_the_dtype_measured_fastest_here_and_caches_it(tmp_path,
 @pytest.mark.parametrize("arch", ["gpt", "llama"])
 def test_static_step_agrees_with_the_eager_forward_for_rows_of_different_lengths(arch):
     """What a compiled step or a CUDA graph runs: the whole cache behind a mask (fp32: 1e-5)."""
-    model = sharp_gpt(**(LLAMA if arch == "llama" else {}))
+    model = sharp_model(arch)
     cache = model.new_cache(3, 40)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [3, 1, 4, 1, 5]]
     with torch.no_grad():
@@ -141,7 +116,7 @@ def test_static_step_agrees_with_the_eager_forward_for_rows_of_different_lengths
 
 
 def test_decode_mode_selection_and_the_cpu_fallback_of_cuda_graphs():
-    model, lstm = sharp_gpt(), build_model(ModelConfig(arch="lstm", vocab_size=VOCAB))
+    model, lstm = sharp_model(), build_model(ModelConfig(arch="lstm", vocab_size=VOCAB))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_mode("auto", cpu, model) == "eager"
     assert resolve_mode("auto", cuda, model) == "graphs"
@@ -160,7 +135,7 @@ def test_decode_mode_selection_and_the_cpu_fallback_of_cuda_graphs():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt", "llama"])
 def test_compiled_decode_gives_eager_greedy_tokens_and_reports_its_first_call(arch):
-    model = sharp_gpt(**(LLAMA if arch == "llama" else {}))
+    model = sharp_model(arch)
     params = SamplingParams(40, temperature=0)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     eager = Engine(model).generate_batch(prompts, params)
@@ -176,7 +151,7 @@ def test_compiled_decode_gives_eager_greedy_tokens_and_reports_its_first_call(ar
 def test_a_compile_failure_falls_back_to_eager_with_one_line(capfd):
     """FBGEMM's packed int8 weights cannot be traced: the engine says so once and decodes
     eagerly, with the eager tokens."""
-    model = prepare_for_inference(sharp_gpt(), "fp32", "int8")
+    model = prepare_for_inference(sharp_model(), "fp32", "int8")
     params = SamplingParams(20, temperature=0)
     engine = Engine(model, decode="compile")
     assert engine.generate([1, 2, 3], params) == Engine(model).generate([1, 2, 3], params)

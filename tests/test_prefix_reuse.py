@@ -6,40 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fast_tiny import VOCAB, one_thread, sharp_model  # noqa: F401
 
-from shoshin.config import ModelConfig
 from shoshin.generation import SamplingParams, naive_generate
 from shoshin.generation.prefix import PrefixCache
-from shoshin.models import build_model
 from shoshin.serving.batching import BatchScheduler
-
-VOCAB = 61
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-LLAMA = dict(arch="llama", bias=False, n_kv_head=1, qk_norm=True, tie_embeddings=False)
-
-
-def sharp_model(block_size: int = 160, arch: str = "gpt") -> torch.nn.Module:
-    """A tiny GPT or Llama whose random weights give sharp, input-dependent logits."""
-    torch.manual_seed(0)
-    keys = LLAMA if arch == "llama" else {}
-    config = ModelConfig(
-        n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=VOCAB, **keys
-    )
-    model = build_model(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5)
-    return model
 
 
 def run(scheduler: BatchScheduler, prompts: list[list[int]], params: SamplingParams) -> list:
@@ -71,7 +42,7 @@ def assert_same(with_reuse: list, without: list) -> None:
 
 @pytest.mark.parametrize("arch", ["gpt", "llama"])
 def test_a_resent_conversation_reuses_its_keys_and_values_with_the_same_output(arch):
-    model = sharp_model(arch=arch)
+    model = sharp_model(arch, n_embd=32, block_size=160)
     params = SamplingParams(max_new_tokens=12, temperature=0, logprobs=0)
     gen = torch.Generator().manual_seed(0)
     system = torch.randint(0, VOCAB, (40,), generator=gen).tolist()
@@ -96,7 +67,7 @@ def test_a_resent_conversation_reuses_its_keys_and_values_with_the_same_output(a
 
 
 def test_prompt_logprobs_and_sampling_with_seeds_are_unchanged_by_reuse():
-    model = sharp_model()
+    model = sharp_model(n_embd=32, block_size=160)
     prompt = list(range(1, 41))
     reuse = BatchScheduler(model, slots=2)
     plain = BatchScheduler(model, slots=2, prefix_cache_bytes=0)
@@ -111,7 +82,7 @@ def test_prompt_logprobs_and_sampling_with_seeds_are_unchanged_by_reuse():
 
 
 def test_the_store_is_bounded_and_evicts_the_least_recently_used():
-    model = sharp_model()
+    model = sharp_model(n_embd=32, block_size=160)
     cache = model.new_cache(1)
     per_token = 2 * cache.k[:, 0, :, :1].numel() * cache.k.element_size()
     store = PrefixCache(max_bytes=100 * per_token)

@@ -50,7 +50,7 @@ class PrefixCache:
         length to it and return it (0: nothing reused, the row left empty)."""
         best, best_key = 0, None
         for key in self.entries:
-            m = _common_prefix(key, prompt)
+            m = common_prefix(key, prompt)
             if m > best:
                 best, best_key = m, key
         best = min(best, len(prompt) - 1, cache.max_len)
@@ -91,7 +91,8 @@ class PrefixCache:
         self.bytes -= k.numel() * k.element_size() + v.numel() * v.element_size()
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many first tokens two sequences share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

@@ -17,7 +17,8 @@ in a shared machine's load hits all alike) and each keeps its best round.
    their greedy agreement with fp32 (issue 20 target 2);
 7. multi-turn chat: time to first token of turn 5 with the reused cache vs re-processing it all;
 8. the static decode step through torch.compile (first-call latency apart) and, on CUDA, CUDA
-   graphs, against eager (not in the default sections: compiling takes minutes on a small CPU).
+   graphs, against eager (not in the default sections: compiling takes minutes on a small CPU);
+9. where a decode step's time goes: matmuls, other ops, and outside any op (torch.profiler).
 
     python benchmarks/generation.py                 # a few minutes on an idle 2-core CPU
     python benchmarks/generation.py --quick         # small counts, to check the script runs
@@ -220,6 +221,35 @@ def bytes_per_token(model: GPT, position: int) -> int:
     return total + 2 * c.n_embd * size + 2 * c.n_layer * position * c.n_embd * size
 
 
+MATMUL_OPS = ("aten::addmm", "aten::mm", "quantized::linear_dynamic", "aten::_weight_int")
+
+
+def decode_split(engine: Engine, prompt: list[int], n: int) -> dict[str, float]:
+    """Seconds per decoded token: wall time (unprofiled, best of 2), and under torch.profiler the
+    self time of the matmul kernels, of every other op, and the rest (Python, dispatch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = SamplingParams(n, temperature=0)
+    engine.generate(prompt, params)
+    wall = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.generate(prompt, params)
+        wall = min(wall, time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.generate(prompt, params)
+    events = prof.key_averages()
+    matmul = sum(e.self_cpu_time_total for e in events if e.key.startswith(MATMUL_OPS)) / 1e6
+    ops = sum(e.self_cpu_time_total for e in events if e.key.startswith(("aten::", "quantized::")))
+    ops = ops / 1e6 - matmul
+    return {
+        "wall": wall / n,
+        "matmul": matmul / n,
+        "ops": ops / n,
+        "rest": max(0.0, wall - matmul - ops) / n,
+    }
+
+
 def val_loss(model, windows: torch.Tensor) -> float:
     """Mean next-token loss over every window (64 at a time)."""
     total = 0.0
@@ -288,7 +318,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=300, help="for the val-loss comparison")
     parser.add_argument("--quick", action="store_true", help="small counts: checks that it runs")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6,7", help="which parts to run (8: compiled, slow)"
+        "--sections", default="1,2,3,4,5,6,7,9", help="which parts to run (8: compiled, slow)"
     )
     args = parser.parse_args()
     if args.quick:
@@ -523,6 +553,18 @@ def main() -> None:
                     f"(compile/capture {sum(fast.static.first_call_s.values()):.1f} s); "
                     f"greedy tokens equal to eager: {same}"
                 )
+
+    if "9" in sections:
+        n = args.new_tokens
+        print(f"\n## 9. where a batch-1 decode step's time goes ({n} tokens, torch.profiler)")
+        for name in ("fp32", "int8", "int4"):
+            split = decode_split(engines[name], prompt, n)
+            print(
+                f"{name:<5} {split['wall'] * 1e3:6.1f} ms/token: matmuls {split['matmul'] * 1e3:5.1f} "
+                f"ms ({split['matmul'] / split['wall']:.0%}), other ops {split['ops'] * 1e3:5.1f} ms "
+                f"({split['ops'] / split['wall']:.0%}), outside any op (Python, dispatch) "
+                f"{split['rest'] * 1e3:5.1f} ms ({split['rest'] / split['wall']:.0%})"
+            )
 
     print("\n## targets")
     for name, figure, met in RESULTS:

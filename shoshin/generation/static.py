@@ -30,6 +30,10 @@ import torch.nn as nn
 
 MODES = ("eager", "compile", "graphs", "auto")
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# Steps set up (compiled, or captured as graphs) for the most recent caches. The server keeps one
+# cache; Engine.generate makes one per call, so a graph is captured again per call (about three
+# forward passes) and a compiled step re-checks its guards.
+MAX_RUNNERS = 8
 
 
 def resolve_mode(mode: str, device: torch.device, model: nn.Module) -> str:
@@ -72,12 +76,16 @@ class StaticDecoder:
             return None
         key = (size, cache.k.data_ptr(), cache.max_len)
         try:
-            runner = self._runners.get(key)
+            runner = self._runners.pop(key, None)
             if runner is None:
                 start = time.perf_counter()
                 make = _Compiled if self.mode == "compile" else _Graph
-                runner = self._runners[key] = make(self.model, cache.rows(0, size), tokens.device)
-                self.first_call_s[(size, cache.max_len)] = time.perf_counter() - start
+                runner = make(self.model, cache.rows(0, size), tokens.device)
+                # the first one per shape compiles; later caches of that shape reuse its code
+                self.first_call_s.setdefault((size, cache.max_len), time.perf_counter() - start)
+            self._runners[key] = runner  # most recently used last
+            while len(self._runners) > MAX_RUNNERS:  # each holds its cache: let old ones go
+                self._runners.pop(next(iter(self._runners)))
             logits = runner.run(tokens, cache.lengths, n)
         except Exception as e:  # any compiler or capture error: one line, then eager for good
             self.failed = True

@@ -43,6 +43,12 @@ def test_int4_weights_are_within_half_a_level_of_their_group():
     # half a level, plus the bf16 rounding of the kernel's output and scales
     assert (err <= step[..., None] * 0.5 + w.abs().max() * 2**-7).all()
     assert (err > 0).any()  # it is quantized
+    # decoding (few rows) runs PyTorch's int4 kernel, a prompt the dequantized weight: the same
+    x = torch.randn(Int4Linear.PREFILL_ROWS - 1, linear.in_features)
+    with torch.no_grad():
+        few = layer(x)  # the kernel
+        many = layer(torch.cat([x, x]))[: len(x)]  # past PREFILL_ROWS: dequantized
+    torch.testing.assert_close(few, many, atol=2e-2 * float(few.abs().max()), rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "llama"])

@@ -100,8 +100,15 @@ class Int4Linear(nn.Module):
     output channel; w ~ (q - 8) * scale + zero with zero = min + 8 * scale (PyTorch's convention).
     The CPU kernel (`_weight_int4pack_mm_for_cpu`) wants bf16 activations (its fp32 path is not
     vectorised) and an output width that is a multiple of 16: the output is padded with zero rows
-    and cut back. Elsewhere the weight is dequantized for each call (correct, not fast).
+    and cut back. It is made for few rows (decoding): from PREFILL_ROWS rows on (a prompt), the
+    weight is dequantized to bf16 for the call and multiplied by oneDNN (2.8x faster for a
+    768x3072 layer at 512 rows on this project's CPU). For that the levels are also kept plainly,
+    two to a byte (the kernel's layout is reordered), so an int4 model holds as many weight bytes
+    as an int8 one and reads half as many per decoded token. Off the CPU the weight is dequantized
+    for each call (correct, not fast).
     """
+
+    PREFILL_ROWS = 32
 
     def __init__(self, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE):
         super().__init__()
@@ -122,28 +129,29 @@ class Int4Linear(nn.Module):
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.on_cpu = w.device.type == "cpu"
-        if self.on_cpu:
-            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        else:
-            self.register_buffer("packed", q.to(torch.uint8))
+        levels = q.to(torch.uint8).view(q.shape[0], -1, 2)  # (N, K/2, 2): two levels to a byte
+        self.register_buffer("levels", levels[..., 0] | (levels[..., 1] << 4))  # (N, K/2)
+        kernel = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1) if self.on_cpu else None
+        self.register_buffer("packed", kernel)
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16).contiguous())
 
     def _dequantized(self) -> torch.Tensor:
-        """The weight (out, in) from its levels (off the CPU, where `packed` holds them plainly)."""
-        s, z = self.scales_and_zeros.float().transpose(0, 1).unbind(-1)  # (N, K/g) each
-        q = self.packed.float().view(s.shape[0], -1, self.group_size)
+        """The weight (out, in) in bf16, from its levels."""
+        s, z = self.scales_and_zeros.transpose(0, 1).unbind(-1)  # (N, K/g) each
+        q = torch.stack([self.levels & 15, self.levels >> 4], dim=-1)  # (N, K/2, 2)
+        q = q.view(s.shape[0], -1, self.group_size).to(torch.bfloat16)  # (N, K/g, g)
         w = (q - 8) * s[..., None] + z[..., None]
         return w.view(s.shape[0], -1)[: self.out_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        if self.on_cpu:
+        if self.on_cpu and x2.shape[0] < self.PREFILL_ROWS:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2, self.packed, self.group_size, self.scales_and_zeros
             )[:, : self.out_features]
         else:
-            y = x2 @ self._dequantized().to(torch.bfloat16).t()
+            y = F.linear(x2, self._dequantized())
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

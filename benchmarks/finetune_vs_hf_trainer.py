@@ -1,7 +1,8 @@
 """Fine-tuning throughput: shoshin's training step vs the Hugging Face `Trainer`, side by side.
 
-Same work for both: a GPT-2-124M-shaped model with the same random weights (saved once with
-`save_pretrained`, loaded by transformers and by shoshin's own loader), the same tokenized chitchat
+Same work for both: a GPT-2-124M-shaped model (`--layout llama`: SmolLM2-135M's Llama shape,
+loaded as shoshin's llama arch) with the same random weights (saved once with `save_pretrained`,
+loaded by transformers and by shoshin's own loader), the same tokenized chitchat
 batches (drawn once, fed to both in the same order), the same batch size, sequence length, fp32,
 AdamW with weight decay, gradient clipping at 1.0, warmup, no dropout, and the same thread count.
 By default the user turns carry no loss on either side (shoshin finetune's default; transformers
@@ -12,6 +13,7 @@ target of 1.2x.
 
     python benchmarks/finetune_vs_hf_trainer.py            # a few minutes on a 2-core CPU
     python benchmarks/finetune_vs_hf_trainer.py --steps 3 --rounds 1 --n-layer 2   # a quick look
+    python benchmarks/finetune_vs_hf_trainer.py --layout llama --steps 3 --rounds 1  # SmolLM2-135M
 """
 
 from __future__ import annotations
@@ -56,18 +58,54 @@ def make_batches(
 
 def save_random_gpt2(folder: Path, n_layer: int) -> None:
     """GPT-2 124M's shape (12 layers unless told), random weights, no dropout; plus a tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=n_layer, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     GPT2LMHeadModel(config).save_pretrained(folder)
+    _save_placeholder_tokenizer(folder)
+
+
+def save_random_llama(folder: Path, n_layer: int) -> None:
+    """SmolLM2-135M's shape (30 layers unless told: 576 wide, 9 query and 3 key/value heads, MLP
+    1536, vocabulary 49,152, tied head), random weights; plus a tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=n_layer,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    _save_placeholder_tokenizer(folder)
+
+
+def _save_placeholder_tokenizer(folder: Path) -> None:
     # The batches are already token ids; the checkpoint only needs some tokenizer beside it.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE(vocab={"<|endoftext|>": 0}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
 
 
+LAYOUTS = {  # name: (save the model, default layers, what it is)
+    "gpt2": (save_random_gpt2, 12, "GPT-2 shape: {n} layers, 768 wide, vocab 50257"),
+    "llama": (
+        save_random_llama,
+        30,
+        "SmolLM2-135M's Llama shape: {n} layers, 576 wide, 9/3 heads (GQA), vocab 49152, tied",
+    ),
+}
 PHASES = ("forward", "backward", "optimizer")
 
 
@@ -220,7 +258,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--n-layer", type=int, default=12, help="12 = GPT-2 124M")
+    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="gpt2")
+    parser.add_argument(
+        "--n-layer", type=int, default=0, help="0 = the full model (GPT-2 124M: 12, SmolLM2: 30)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--loss-on",
@@ -232,6 +273,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import transformers
 
+    save_random, full_depth, shape = LAYOUTS[args.layout]
+    n_layer = args.n_layer or full_depth
     tc = TrainConfig(
         batch_size=args.batch_size,
         lr=6e-5,
@@ -246,8 +289,8 @@ def main() -> None:
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "gpt2-random"
-        save_random_gpt2(folder, args.n_layer)
+        folder = Path(tmp) / f"{args.layout}-random"
+        save_random(folder, n_layer)
         for r in range(args.rounds):
             ours += shoshin_steps(folder, split, len(batches), args.seq_len, tc)[
                 1:
@@ -255,7 +298,7 @@ def main() -> None:
             theirs += hf_trainer_steps(folder, batches, tc, Path(tmp) / f"hf-{r}")[1:]
     a, b = median_phases(ours), median_phases(theirs)
     print(
-        f"GPT-2 shape: {args.n_layer} layers, 768 wide, vocab 50257; batch {args.batch_size} x "
+        f"{shape.format(n=n_layer)}; batch {args.batch_size} x "
         f"{args.seq_len} tokens, fp32, {args.threads} threads, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, loss on {args.loss_on} tokens"
     )

@@ -485,14 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "finetune", parents=[common], help="fine-tune a Hugging Face GPT-1/GPT-2 checkpoint"
+        "finetune",
+        parents=[common],
+        help="fine-tune a Hugging Face GPT-2, GPT-1, Llama or Qwen3 checkpoint",
     )
     p.add_argument(
         "--from",
         dest="source",
         required=True,
         metavar="SRC",
-        help="a checkpoint folder (config.json + weights + tokenizer) or a hub id such as gpt2",
+        help="a checkpoint folder (config.json + weights + tokenizer) or a hub id such as gpt2 "
+        "or HuggingFaceTB/SmolLM2-135M",
     )
     add_config_arguments(p, default="finetune")
     p.set_defaults(func=cmd_finetune)

@@ -61,7 +61,8 @@ def lora_parts(run: Run, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]
     )
     base.check_describes(run.config.model, str(run.path / CONFIG))  # before building anything
     model = build_model(run.config.model)
-    base.copy_into(model)  # with the chat tokens' rows and the run's context, as in training
+    # with the chat tokens' rows and the run's context, as in training
+    base.copy_into(model, tokens=load_tokenizer(run.path).vocab_size)
     return model, ckpt["model"]
 
 
@@ -70,8 +71,9 @@ def load(
 ) -> tuple[nn.Module, Tokenizer]:
     """`model, tokenizer = shoshin.load(src)`.
 
-    src is a run (id, unique prefix, `latest` or run directory) or a Hugging Face GPT-1/GPT-2
-    checkpoint: a folder with config.json, or a hub id such as `gpt2` or `openai-gpt`.
+    src is a run (id, unique prefix, `latest` or run directory) or a Hugging Face GPT-2, GPT-1,
+    Llama or Qwen3 checkpoint: a folder with config.json, or a hub id such as `gpt2` or
+    `HuggingFaceTB/SmolLM2-135M`.
     """
     source = resolve_source(src, runs_dir)
     if isinstance(source, Run):

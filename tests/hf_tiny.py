@@ -1,4 +1,5 @@
-"""Tiny random Hugging Face GPT-1 / GPT-2 checkpoints, built locally (no downloads) for the tests."""
+"""Tiny random Hugging Face GPT-1 / GPT-2 / Llama / Qwen3 checkpoints, built locally (no downloads)
+for the tests."""
 
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def gpt2_tokenizer(vocab_size: int = 320):
     return GPT2TokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot)
 
 
-def make_gpt2(folder: Path, seed: int = 0, n_positions: int = 64, init_std: float = 0.3) -> Path:
-    """GPT2LMHeadModel(n_layer=2, n_embd=32, n_head=4) with random weights + its tokenizer."""
+def make_gpt2(
+    folder: Path, seed: int = 0, n_positions: int = 64, init_std: float = 0.3, extra_rows: int = 0
+) -> Path:
+    """GPT2LMHeadModel(n_layer=2, n_embd=32, n_head=4) with random weights + its tokenizer;
+    `extra_rows`: embedding rows beyond the tokenizer's (padded, as nanoGPT's 50,304)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = gpt2_tokenizer()
@@ -46,7 +50,7 @@ def make_gpt2(folder: Path, seed: int = 0, n_positions: int = 64, init_std: floa
         n_embd=32,
         n_head=4,
         n_positions=n_positions,
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) + extra_rows,
         bos_token_id=0,
         eos_token_id=0,
         initializer_range=init_std,  # 0.3: any layout mistake shows in the logits
@@ -89,11 +93,53 @@ def make_gpt1(folder: Path, seed: int = 0, n_positions: int = 64) -> Path:
     return folder
 
 
+def make_llama(
+    folder: Path,
+    qwen3: bool = False,
+    tie: bool = False,
+    n_kv_head: int = 2,
+    extra_rows: int = 0,
+    seed: int = 0,
+    n_positions: int = 64,
+) -> Path:
+    """LlamaForCausalLM, or Qwen3ForCausalLM (QK-norm, head_dim 16 wider than 32 / 4 heads), with
+    2 layers, width 32, 4 query heads sharing `n_kv_head` key/value heads, random weights, a
+    rope_theta other than the default, and a GPT-2-style tokenizer (as SmolLM2 has)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = gpt2_tokenizer()
+    torch.manual_seed(seed)
+    config_class, model_class = (
+        (Qwen3Config, Qwen3ForCausalLM) if qwen3 else (LlamaConfig, LlamaForCausalLM)
+    )
+    config = config_class(
+        vocab_size=len(tokenizer) + extra_rows,
+        hidden_size=32,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=n_kv_head,
+        head_dim=16 if qwen3 else 8,
+        max_position_embeddings=n_positions,
+        rms_norm_eps=1e-5,
+        rope_theta=5000.0,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.3,
+    )
+    model = model_class(config)
+    _randomise_norms(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def _randomise_norms(model: torch.nn.Module) -> None:
-    """LayerNorms start at (1, 0) and biases at 0: randomise them so a mix-up cannot hide."""
+    """Norms start at (1, 0) and biases at 0: randomise them so a mix-up cannot hide."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
+            if name.endswith("bias") or ".ln_" in name or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
 
 

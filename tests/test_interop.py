@@ -100,7 +100,7 @@ class Evil:
         ("truncated", "model.safetensors is corrupt"),
         ("missing_tensor", "incomplete: missing tensor h.1.mlp.c_fc.weight"),
         ("no_tokenizer", "incomplete: missing its tokenizer"),
-        ("bad_type", "model_type 'llama' is not supported"),
+        ("bad_type", "model_type 'mistral' is not supported"),
     ],
 )
 def test_broken_checkpoint_gives_one_line_error(tmp_path, damage, message):
@@ -121,7 +121,7 @@ def test_broken_checkpoint_gives_one_line_error(tmp_path, damage, message):
         (folder / "tokenizer.json").unlink()
     elif damage == "bad_type":
         config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
     with pytest.raises(ShoshinError, match=message) as info:
         shoshin.load(folder)
     assert "\n" not in str(info.value)

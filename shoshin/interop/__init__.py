@@ -1,1 +1,2 @@
-"""Interoperability with Hugging Face `transformers`: load GPT-1/GPT-2 checkpoints, export runs back."""
+"""Interoperability with Hugging Face `transformers`: load GPT-2, GPT-1, Llama and Qwen3
+checkpoints, export runs back."""

@@ -2,7 +2,8 @@
 (`--adapter`: a LoRA run's adapters for `peft`, on top of its base model).
 
 GPT-2-layout (pre-norm) models become `GPT2LMHeadModel`, GPT-1-layout (post-norm) models
-`OpenAIGPTLMHeadModel`; the tokenizer is written as `tokenizer.json` for `PreTrainedTokenizerFast`,
+`OpenAIGPTLMHeadModel`, llama-arch models `LlamaForCausalLM` (`Qwen3ForCausalLM` with QK-norm;
+one with an option transformers lacks, such as model.mlp=relu2, is refused); the tokenizer is written as `tokenizer.json` for `PreTrainedTokenizerFast`,
 with a chat template when the run was trained on chat, so `apply_chat_template` renders the
 same `<|role|>content<|end|>` format the model learned.
 
@@ -27,9 +28,10 @@ from shoshin.config import Config
 from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import END, EOT, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
+from shoshin.interop import hf_llama
 from shoshin.interop.hf import shoshin_to_hf
 from shoshin.loading import load, lora_parts, resolve_source
-from shoshin.models import GPT
+from shoshin.models import GPT, Llama
 from shoshin.runs.store import Run
 from shoshin.training.checkpoint import checkpoint_path
 
@@ -75,10 +77,10 @@ def export(
         tokenizer = load_tokenizer(run.path)
     else:
         model, tokenizer = load(src, checkpoint, runs_dir)
-    if not isinstance(model, GPT):
+    if not isinstance(model, (GPT, Llama)):
         raise ShoshinError(
             f"{src} is an LSTM run: transformers has no LSTM language model to load it into; "
-            "only GPT runs can be exported"
+            "only gpt and llama runs can be exported"
         )
     if not isinstance(tokenizer, BpeTokenizer):
         raise ShoshinError(
@@ -102,7 +104,7 @@ def export(
     return out
 
 
-def write_transformers(model: GPT, tokenizer: BpeTokenizer, folder: Path) -> None:
+def write_transformers(model: GPT | Llama, tokenizer: BpeTokenizer, folder: Path) -> None:
     """Write `model` and `tokenizer` into `folder` as a transformers checkpoint."""
     hf_config, tensors = shoshin_to_hf(model)
     specials = tokenizer.special_tokens
@@ -150,19 +152,23 @@ def write_peft_adapter(
     `c_fc`) under its `transformer.` prefix. Those are `Conv1D` layers, whose weight is stored
     (in, out): `fan_in_fan_out` tells PEFT so, for merging. The adapter matrices themselves
     (A: rank x in, B: out x rank) are the same whatever the layer stores, so they copy unchanged.
+    A llama's layers (`q_proj`, ..., `down_proj`) are transformers' Llama ones under its `model.`
+    prefix, plain Linear layers as ours are.
     """
     from shoshin.models.lora import ADAPTER_PREFIX, peft_config
 
+    gpt = config.model.arch == "gpt"
+    prefix = "transformer." if gpt else hf_llama.PREFIX
     lora_config = peft_config(
         config.model,
         config.lora,
-        fan_in_fan_out=True,
+        fan_in_fan_out=gpt,
         task_type="CAUSAL_LM",
         base_model_name_or_path=str(base),
     )
     lora_config.save_pretrained(str(folder))  # adapter_config.json
     tensors = {
-        ADAPTER_PREFIX + "transformer." + name.removeprefix(ADAPTER_PREFIX): t.contiguous()
+        ADAPTER_PREFIX + prefix + name.removeprefix(ADAPTER_PREFIX): t.contiguous()
         for name, t in adapters.items()
     }
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -1,10 +1,11 @@
-"""Hugging Face GPT-1 (`openai-gpt`) and GPT-2 checkpoints, loaded into shoshin's own GPT.
+"""Hugging Face checkpoints loaded into shoshin's own models: GPT-1 (`openai-gpt`) and GPT-2 into
+its GPT, Llama and Qwen3 into its Llama (their conversion: interop/hf_llama.py).
 
 A checkpoint is a folder with `config.json`, the weights (`model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin`) and the tokenizer files, or a hub id such
 as `gpt2` that `huggingface_hub` downloads into such a folder.
 
-Two differences in layout, both mechanical:
+Two differences in the GPTs' layout, both mechanical:
 - names: HF prefixes `transformer.`, and GPT-1 calls the embeddings `tokens_embed` / `positions_embed`;
 - HF's `Conv1D` stores a weight as (in, out); our `nn.Linear` as (out, in): transposed both ways.
 """
@@ -19,16 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from shoshin.config import ModelConfig
 from shoshin.data.text import read_text_file
 from shoshin.data.tokenizers import CHAT_TOKENS, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
-from shoshin.models import GPT
+from shoshin.interop import hf_llama
+from shoshin.interop.fields import positive_int
+from shoshin.models import GPT, build_model
 from shoshin.runs.provenance import sha256_file
 from shoshin.training.checkpoint import check_weights_fit, weight_shapes
 
-FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1"}
+FAMILIES = {"gpt2": "GPT-2", "openai-gpt": "GPT-1", **hf_llama.FAMILIES}
 # Activation names in config.json -> ours. Beware: GPT-1's "gelu" is the tanh approximation
 # (transformers' OpenAIGPT maps afn="gelu" to gelu_new), while GPT-2's "gelu" is the exact one.
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -37,8 +41,14 @@ GPT1_ACTIVATIONS = {"gelu": "gelu_tanh"}
 CONV1D_WEIGHTS = tuple(
     f"{c}.weight" for c in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 )
-# The top-level modules of our GPT: the tensors of an HF checkpoint that become its parameters.
-GPT_PARTS = ("wte.", "wpe.", "h.", "ln_f.", "lm_head.")
+# The top-level modules of our models: the tensors of an HF checkpoint that become parameters.
+MODEL_PARTS = {
+    "gpt": ("wte.", "wpe.", "h.", "ln_f.", "lm_head."),
+    "llama": ("embed_tokens.", "layers.", "norm.", "lm_head."),
+}
+# Token embeddings and output heads (one row per token), and learned positions, by our names.
+TOKEN_ROWS = ("wte.weight", "embed_tokens.weight", "lm_head.weight")
+POSITION_ROWS = "wpe.weight"
 HUB_ID = re.compile(r"^[A-Za-z][\w.-]*(/[\w.-]+)?$")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 
@@ -47,11 +57,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 class Pretrained:
     """A pretrained checkpoint loaded into shoshin: the model, its tokenizer and where they came from."""
 
-    model: GPT
+    model: nn.Module  # a GPT or a Llama
     tokenizer: BpeTokenizer
     source: str  # as the user gave it: a hub id or a folder
     path: Path  # the local folder read
-    model_type: str  # "gpt2" or "openai-gpt"
+    model_type: str  # "gpt2", "openai-gpt", "llama" or "qwen3"
     weights_file: str
     weights_sha256: str
 
@@ -85,26 +95,32 @@ class Pretrained:
                 f"(its shape or vocabulary differ)"
             )
 
-    def copy_into(self, model: GPT) -> None:
+    def copy_into(self, model: nn.Module, tokens: int | None = None) -> None:
         """Copy these weights into `model`, built with a grown vocabulary and maybe a shorter context.
 
-        Rows of new tokens (the chat roles) start at the mean embedding: a neutral point, close to
-        every existing token, so their first updates do not disturb the pretrained model.
+        `tokens`: how many tokens the run's tokenizer has (default: one per embedding row). Rows
+        of new tokens (the chat roles) start at the mean embedding of the checkpoint's tokens: a
+        neutral point, close to every existing token, so their first updates do not disturb the
+        pretrained model. A checkpoint whose embedding has more rows than its tokenizer has tokens
+        (padded to a multiple, as nanoGPT's GPT-2 exports are) gives its first unused rows to the
+        new tokens and keeps the rest as they are: the model keeps its padded size.
         Positions beyond model.config.block_size are dropped (a shorter fine-tuning context).
         """
         base = self.model.state_dict()
         with torch.no_grad():
             for name, param in model.state_dict().items():
                 weights = base[name]
-                if name in ("wte.weight", "lm_head.weight"):
-                    if param.size(0) < weights.size(0):
+                if name in TOKEN_ROWS:
+                    rows, known = weights.size(0), min(self.tokenizer.vocab_size, weights.size(0))
+                    end = param.size(0) if tokens is None else tokens
+                    if param.size(0) < rows:
                         raise ShoshinError(
-                            f"the tokenizer has {param.size(0)} tokens, fewer than the "
-                            f"{weights.size(0)} embeddings of {self.source}; not supported"
+                            f"{name} has {param.size(0)} rows, fewer than the {rows} of "
+                            f"{self.source}; a fine-tuned model keeps every pretrained row"
                         )
-                    param[: weights.size(0)].copy_(weights)
-                    param[weights.size(0) :].copy_(weights.mean(dim=0))
-                elif name == "wpe.weight":
+                    param[:rows].copy_(weights)
+                    param[known:end].copy_(weights[:known].mean(dim=0))
+                elif name == POSITION_ROWS:
                     param.copy_(weights[: param.size(0)])
                 else:
                     param.copy_(weights)
@@ -158,7 +174,8 @@ def download(repo_id: str) -> Path:
 
 
 def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
-    """Our ModelConfig for a GPT-2 or GPT-1 config.json; refuses variants our GPT does not compute.
+    """Our ModelConfig for a GPT-2, GPT-1, Llama or Qwen3 config.json; refuses variants our models
+    do not compute.
 
     Every field used is checked (a downloaded config.json is untrusted input); its sizes are
     checked against the weights later, by read_weights, before a model is built.
@@ -168,10 +185,13 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ShoshinError(
-            f"{where}: model_type {model_type!r} is not supported (shoshin loads gpt2 and openai-gpt checkpoints)"
+            f"{where}: model_type {model_type!r} is not supported "
+            f"(shoshin loads {', '.join(FAMILIES)} checkpoints)"
         )
+    if model_type in hf_llama.CLASSES:
+        return hf_llama.config_from_hf(hf, where)
     n_layer, n_head, n_embd, n_positions, vocab_size = (
-        _positive_int(hf, key, where)
+        positive_int(hf, key, where)
         for key in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
     )
     if n_embd % n_head:
@@ -215,17 +235,6 @@ def model_config_from_hf(hf: dict, where: str) -> ModelConfig:
     )
     config.validate()
     return config
-
-
-def _positive_int(hf: dict, key: str, where: str) -> int:
-    if key not in hf:
-        raise ShoshinError(f"{where} is missing the field {key!r}")
-    value = hf[key]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON writes 1e9 as a float
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ShoshinError(f"{where}: {key} must be a whole number of at least 1, got {value!r}")
-    return value
 
 
 def read_weights(
@@ -299,8 +308,10 @@ def _shard_names(index: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _our_name(hf_name: str) -> str | None:
-    """The name of an HF GPT-1/GPT-2 tensor in our GPT, or None for a causal-mask buffer."""
+def _our_name(hf_name: str, arch: str = "gpt") -> str | None:
+    """The name of an HF tensor in our model of `arch`, or None for a buffer that is not a weight."""
+    if arch == "llama":
+        return hf_llama.our_name(hf_name)
     name = hf_name.removeprefix("transformer.")
     name = name.replace("tokens_embed.", "wte.").replace("positions_embed.", "wpe.")
     if name.endswith((".attn.bias", ".attn.masked_bias")):
@@ -314,8 +325,8 @@ def _model_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> di
     not loaded and not counted)."""
     out = {}
     for hf_name, shape in shapes.items():
-        name = _our_name(hf_name)
-        if name is None or not name.startswith(GPT_PARTS):
+        name = _our_name(hf_name, config.arch)
+        if name is None or not name.startswith(MODEL_PARTS[config.arch]):
             continue
         if name == "lm_head.weight" and config.tie_embeddings:
             continue  # the same tensor as wte.weight
@@ -323,14 +334,16 @@ def _model_shapes(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> di
     return out
 
 
-def hf_to_shoshin(tensors: dict[str, torch.Tensor], model: GPT, where: str) -> None:
-    """Rename and transpose HF GPT-1/GPT-2 tensors and load them into `model` (built from the config)."""
+def hf_to_shoshin(tensors: dict[str, torch.Tensor], model: nn.Module, where: str) -> None:
+    """Rename (and for the GPTs transpose) HF tensors and load them into `model`, built from the
+    checkpoint's config."""
     renamed = {}
+    arch = model.config.arch
     for hf_name, tensor in tensors.items():
-        name = _our_name(hf_name)
+        name = _our_name(hf_name, arch)
         if name is None:
             continue
-        if name.endswith(CONV1D_WEIGHTS):
+        if arch == "gpt" and name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()
         renamed[name] = tensor
     expected = model.state_dict()
@@ -352,9 +365,12 @@ def hf_to_shoshin(tensors: dict[str, torch.Tensor], model: GPT, where: str) -> N
             ref.copy_(renamed[key])  # state_dict tensors share storage with the parameters
 
 
-def shoshin_to_hf(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
-    """config.json contents and HF-named tensors for our GPT: GPT2LMHeadModel or OpenAIGPTLMHeadModel."""
+def shoshin_to_hf(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """config.json contents and HF-named tensors for our model: GPT2LMHeadModel or
+    OpenAIGPTLMHeadModel for a GPT, LlamaForCausalLM or Qwen3ForCausalLM for a Llama."""
     cfg = model.config
+    if cfg.arch == "llama":
+        return hf_llama.shoshin_to_hf(model)
     gpt1 = cfg.norm == "post"
     if gpt1 and cfg.activation != "gelu_tanh":
         raise ShoshinError(
@@ -416,7 +432,8 @@ def shoshin_to_hf(model: GPT) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_checkpoint(src: str | Path) -> Pretrained:
-    """Load a Hugging Face GPT-1/GPT-2 checkpoint (local folder or hub id) into shoshin's GPT, on CPU."""
+    """Load a Hugging Face checkpoint (local folder or hub id) into shoshin's model, on CPU:
+    GPT-2 and GPT-1 into its GPT, LlamaForCausalLM and Qwen3ForCausalLM into its Llama."""
     src = str(src)
     folder = Path(src).expanduser()
     if not folder.exists():
@@ -451,7 +468,7 @@ def load_checkpoint(src: str | Path) -> Pretrained:
             f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
             f"only {config.vocab_size} embeddings"
         )
-    model = GPT(config)
+    model = build_model(config)
     hf_to_shoshin(tensors, model, str(weights_file))
     model.eval()
     return Pretrained(

@@ -98,13 +98,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = (
-            config.n_head,
-            kv_heads(config),
-            head_dim(config),
-        )
+        self.n_head = config.n_head
+        self.n_kv_head = kv_heads(config)
+        self.head_dim = hs = head_dim(config)
         self.dropout = config.dropout
-        C, hs = config.n_embd, self.head_dim
+        C = config.n_embd
         self.q_proj = nn.Linear(C, self.n_head * hs, bias=False)
         self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
         self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
@@ -125,16 +123,13 @@ class Attention(nn.Module):
         step: CacheStep | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.size()
-        hs = self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, hs)).transpose(
-            1, 2
-        )  # (B, nh, T, hs)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_head, hs)).transpose(
-            1, 2
-        )  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        gqa = self.n_kv_head != self.n_head  # SDPA broadcasts each kv head to its group of queries
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q = self.q_norm(self.q_proj(x).view(B, T, nh, hs))  # (B, T, nh, hs)
+        k = self.k_norm(self.k_proj(x).view(B, T, nkv, hs))  # (B, T, nkv, hs)
+        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q = apply_rotary(q.transpose(1, 2), *rope)  # (B, nh, T, hs)
+        k = apply_rotary(k.transpose(1, 2), *rope)  # (B, nkv, T, hs)
+        gqa = nkv != nh  # SDPA broadcasts each kv head to its group of queries
         if cache is None:
             y = F.scaled_dot_product_attention(
                 q,
@@ -148,7 +143,7 @@ class Attention(nn.Module):
             k, v = cache.write(layer, step, k, v)  # (B, nkv, S, hs): all cached so far
             with sdpa_kernel(CACHED_ATTENTION_KERNELS):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * hs)  # re-assemble the heads
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # re-assemble the heads
         return self.resid_dropout(self.o_proj(y))
 
 

@@ -1,7 +1,8 @@
-"""Fine-tuning a pretrained GPT-1/GPT-2: the recipe is the ordinary training loop, started from a
+"""Fine-tuning a pretrained GPT-2, GPT-1, Llama or Qwen3: the recipe is the ordinary training loop, started from a
 checkpoint's architecture, weights and tokenizer instead of random ones.
 
     base = load_checkpoint("gpt2")          # shoshin's GPT with GPT-2's weights, and its tokenizer
+                                            # (Llama, Qwen3: shoshin's Llama)
     config.model <- the checkpoint's shape   # only the context length and dropout stay yours
     train(config, init=base)                # chat tokens added, embedding grown, loss on the assistant
 

@@ -169,11 +169,15 @@ class Trainer:
                 config.data, log=self.log, tokenizer=_pretrained_tokenizer(config, run, init)
             )
         check_fits(self.data, T, config.data.source)
+        rows = config.model.vocab_size  # fine-tuning: the checkpoint's embedding rows
         config.model.vocab_size = self.data.tokenizer.vocab_size
+        if config.data.tokenizer == "pretrained":  # a padded embedding keeps its unused rows
+            config.model.vocab_size = max(config.model.vocab_size, rows)
         torch.manual_seed(tc.seed)
         self.model = build_model(config.model)
         if init is not None:
-            init.copy_into(self.model)  # the vocabulary may have grown by the chat tokens
+            # the vocabulary may have grown by the chat tokens
+            init.copy_into(self.model, tokens=self.data.tokenizer.vocab_size)
             self._record(base_model=init.describe())
         self.adapter = self._attach_lora(init)
         self.model.to(self.device)

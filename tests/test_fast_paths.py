@@ -15,7 +15,7 @@ from fast_tiny import LLAMA, VOCAB, one_thread, sharp_model  # noqa: F401
 
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
-from shoshin.generation import Engine, SamplingParams, precision
+from shoshin.generation import Engine, SamplingParams, naive_generate, precision
 from shoshin.generation.precision import prepare_for_inference
 from shoshin.generation.quantize import (
     INT4_GROUP_SIZE,
@@ -75,6 +75,21 @@ def test_int4_model_tracks_fp32_and_layers_that_do_not_split_stay_int8(arch):
     assert isinstance(odd.lm_head, Int8Linear)
     with pytest.raises(ShoshinError, match="int4"):
         prepare_for_inference(sharp_model(), "fp32", "int3")
+
+
+def test_llama_projections_fuse_for_inference_with_the_same_outputs():
+    model = sharp_model("llama")
+    x = torch.randint(0, VOCAB, (2, 30))
+    prompt, params = [1, 2, 3], SamplingParams(40, temperature=0)
+    with torch.no_grad():
+        ref = model(x)
+        naive = naive_generate(model, prompt, params)
+        fused = prepare_for_inference(copy.deepcopy(model), "fp32")
+        attn, mlp = fused.layers[0].self_attn, fused.layers[0].mlp
+        assert attn.qkv_proj is not None and not hasattr(attn, "q_proj")
+        assert mlp.gate_up_proj is not None and not hasattr(mlp, "gate_proj")
+        torch.testing.assert_close(fused(x), ref, atol=1e-4 * float(ref.abs().max()), rtol=0)
+    assert Engine(fused).generate(prompt, params) == naive
 
 
 # -- --dtype auto -------------------------------------------------------------------------------

@@ -205,6 +205,8 @@ def prepare_for_inference(
         model.to(pick_device(device, "--device"))
     dtype = resolve_dtype(dtype, next(model.parameters()).device)
     model.eval()
+    if hasattr(model, "fuse"):  # a model that declares projections it can merge (Llama)
+        model.fuse()
     model.to(DTYPES[dtype])
     on_cpu = next(model.parameters()).device.type == "cpu"
     if quantize == "int8":

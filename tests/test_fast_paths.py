@@ -15,8 +15,13 @@ from fast_tiny import LLAMA, VOCAB, one_thread, sharp_model  # noqa: F401
 
 from shoshin.config import ModelConfig
 from shoshin.errors import ShoshinError
-from shoshin.generation import Engine, SamplingParams, naive_generate, precision
-from shoshin.generation.precision import prepare_for_inference
+from shoshin.generation import (
+    Engine,
+    SamplingParams,
+    naive_generate,
+    precision,
+    prepare_for_inference,  # the public API
+)
 from shoshin.generation.quantize import (
     INT4_GROUP_SIZE,
     Int4Linear,

@@ -6,8 +6,8 @@ generator. This scheduler adds only what serving needs: a queue of waiting reque
 free rows at step boundaries, cancellation (a client that went away), telling each request's
 listener about its tokens, keeping the server alive if a step fails, and prefix reuse: a prompt
 that starts like an earlier prompt or conversation starts from its keys and values
-(shoshin.generation.prefix). It runs in one background
-thread and knows only token ids; text lives in the server.
+(shoshin.generation.prefix). It runs in one background thread and knows only token ids; text
+lives in the server.
 """
 
 from __future__ import annotations

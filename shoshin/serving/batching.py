@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 import torch.nn as nn
 
 from shoshin.generation.engine import Engine, Generation, TokenLogprob
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.prefix import DEFAULT_MAX_BYTES, PrefixCache
-from shoshin.generation.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

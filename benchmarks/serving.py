@@ -16,6 +16,11 @@ row), each as a share of the step.
     python benchmarks/serving.py --models tiny --tokens 32   # a quick look
     python benchmarks/serving.py --quantize int8       # the server as `shoshin serve --quantize int8`
     python benchmarks/serving.py --device cuda --dtype bf16   # on a GPU
+    python benchmarks/serving.py --prefix-only --models gpt2-124m   # prefix reuse alone
+
+Prefix reuse (issue 20, target 5): a chat client resending a 512-token history plus 16 new tokens,
+time to first token on a server with prefix reuse against the same server without it, and the
+largest difference of their logprobs.
 """
 
 from __future__ import annotations
@@ -271,6 +276,57 @@ def bench_model(name: str, args) -> list[dict]:
     return rows
 
 
+def complete(url: str, prompt: str, max_tokens: int) -> tuple[float, str, list[float]]:
+    """One greedy /v1/completions request: its wall time, text and token log-probabilities."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 0}
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
+    r.raise_for_status()
+    choice = r.json()["choices"][0]
+    return time.perf_counter() - start, choice["text"], choice["logprobs"]["token_logprobs"]
+
+
+def prefix_reuse(name: str, args, history: int = 512, new: int = 16) -> tuple[float, float]:
+    """A stateless chat client: a `history`-token conversation it sends back every turn with its
+    reply and `new` tokens more. Time to first token (a 1-token request) of that next turn on a
+    server with prefix reuse and on one without, best of args.rounds (each round a different
+    new message), and the largest logprob difference of a 16-token reply between the two."""
+    from shoshin.serving import ServeConfig, create_app
+    from shoshin.serving.server import background_server
+
+    torch.set_num_threads(args.threads)
+    config = model_config(name)
+    history = min(history, config.block_size - 16 - new - 16)  # the tiny model's window is short
+    model = served_model(name, args.device, args.dtype, args.quantize)
+    tok = tokenizer_for(config.vocab_size)
+    gen = torch.Generator().manual_seed(5)
+    text = lambda n: tok.decode(torch.randint(0, config.vocab_size, (n,), generator=gen).tolist())  # noqa: E731
+    apps = {
+        reuse: create_app(model, tok, name, ServeConfig(max_batch=2)) for reuse in (True, False)
+    }
+    apps[False].state.server.scheduler.prefixes = None  # the same server, recomputing everything
+    with background_server(apps[True]) as with_url, background_server(apps[False]) as plain_url:
+        urls = {True: with_url, False: plain_url}
+        turn1 = text(history)
+        _, reply, _ = complete(urls[True], turn1, 16)  # the reply the client sends back
+        complete(urls[False], turn1, 16)
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(args.rounds):
+            turn2 = turn1 + reply + text(new)
+            for reuse, url in urls.items():
+                best[reuse] = min(best[reuse], complete(url, turn2, 1)[0])
+        logprobs = {reuse: complete(url, turn2, 16)[2] for reuse, url in urls.items()}
+    diff = max(abs(a - b) for a, b in zip(logprobs[True], logprobs[False], strict=True))
+    ratio = best[False] / best[True]
+    print(
+        f"\n{name}: prefix reuse, {history}-token history + 16-token reply + {new} new tokens, "
+        f"best of {args.rounds}: first token {best[True] * 1e3:.0f} ms with reuse, "
+        f"{best[False] * 1e3:.0f} ms without ({ratio:.1f}x); largest logprob difference of a "
+        f"16-token greedy reply: {diff:.2e}"
+    )
+    return ratio, diff
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -286,7 +342,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--quantize", default=None, choices=["int8"])
+    parser.add_argument("--quantize", default=None, choices=["int8", "int4"])
+    parser.add_argument(
+        "--prefix-only", action="store_true", help="only the prefix-reuse measurement (target 20.5)"
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else "?"
     print(
@@ -295,6 +354,14 @@ def main() -> None:
     )
     verdicts = []
     for name in args.models:
+        ratio, diff = prefix_reuse(name, args)
+        ok = ratio >= 5 and diff <= 1e-4
+        print(
+            f"{'PASS' if ok else 'MISS'}  20.5 {name}: prefix reuse first token {ratio:.1f}x "
+            f"sooner (>= 5x), logprobs within {diff:.1e} (<= 1e-4)"
+        )
+        if args.prefix_only:
+            continue
         rows = bench_model(name, args)
         ceiling = decode_ceiling(name, args)
         print(

@@ -61,19 +61,3 @@ def fbgemm_int8_available() -> bool:
         hasattr(torch.ops.quantized, "linear_dynamic")
         and "x86" in torch.backends.quantized.supported_engines
     )
-
-
-def fastest_on_this_cpu() -> str:
-    """One sentence for --help: which precision decodes fastest on this CPU, and why."""
-    f = cpu_features()
-    bf16 = (
-        "--dtype bf16 is faster than fp32"
-        if cpu_has_bf16_matmul()
-        else ("--dtype bf16 will not be faster than fp32 (no AVX-512 BF16 or AMX)")
-    )
-    int8 = (
-        "--quantize int8 is fastest (int8 kernels with VNNI)"
-        if fbgemm_int8_available() and f["vnni"]
-        else "--quantize int8 reads 4x fewer bytes but this CPU has no VNNI"
-    )
-    return f"on this CPU ({f['model'] or f['capability']}): {int8}; {bf16}"

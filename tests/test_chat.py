@@ -132,6 +132,10 @@ def test_shoshin_chat_in_a_terminal_two_turns_reset_quit_and_sample_options():
         assert stopped.stdout.rstrip("\n") == reply[: reply.index(reply[2:4])]
     small = run_cli(*greedy_args, "--dtype", "bf16", "--quantize", "int8", env=one_thread)
     assert small.returncode == 0, small.stderr
+    smaller = run_cli(*greedy_args, "--quantize", "int4", env=one_thread)
+    assert smaller.returncode == 0 and smaller.stdout.rstrip("\n"), smaller.stderr
+    bad = run_cli(*greedy_args, "--quantize", "int3", env=one_thread)
+    assert bad.returncode == 2 and "int4" in bad.stderr and "Traceback" not in bad.stderr
 
     missing = run_cli("chat", "no-such-run", input="/quit\n")
     assert missing.returncode == 2 and missing.stderr.startswith("error:")

@@ -226,7 +226,7 @@ def test_bad_sampling_parameters_are_user_errors():
             engine.generate([1], SamplingParams(**{"max_new_tokens": 3, **bad}))
 
 
-@pytest.mark.parametrize("kind", ["gpt-pre", "lstm"])
+@pytest.mark.parametrize("kind", ["gpt-pre", "lstm", "llama"])
 def test_bf16_and_int8_models_track_the_fp32_model(kind):
     import copy
 
@@ -235,6 +235,10 @@ def test_bf16_and_int8_models_track_the_fp32_model(kind):
         n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB, **MODELS[kind]
     )
     model = build_model(config).eval()
+    with torch.no_grad():  # GPT-2's scale everywhere (Llama starts its output layers at zero)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
     x = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         ref = model(x).float()
@@ -243,6 +247,7 @@ def test_bf16_and_int8_models_track_the_fp32_model(kind):
             ("bf16", None, 0.05),
             ("fp32", "int8", 0.05),
             ("bf16", "int8", 0.08),
+            ("fp32", "int4", 0.15),  # 16 levels per group of 64 weights
         ):
             fast = prepare_for_inference(copy.deepcopy(model), dtype, quantize)
             err = (fast(x).float() - ref).abs().max() / ref.abs().max()
@@ -259,7 +264,7 @@ def test_reduced_precision_uses_this_cpus_fast_kernels_and_every_fallback_agrees
     fp32 within the same tolerances (max |logit error| / max |logit| < 0.05)."""
     import copy
 
-    from shoshin.generation import precision
+    from shoshin.generation import precision, quantize
 
     torch.manual_seed(0)
     config = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=VOCAB)
@@ -273,13 +278,13 @@ def test_reduced_precision_uses_this_cpus_fast_kernels_and_every_fallback_agrees
 
         int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
         head = int8.lm_head
-        assert (head.packed is not None) == precision.fbgemm_int8_available()
+        assert (head.packed is not None) == quantize.fbgemm_int8_available()
         assert rel_err(int8) < 0.05
         bf16 = prepare_for_inference(copy.deepcopy(model), "bf16")
         packed = isinstance(bf16.lm_head, precision.PackedLinear)
         assert packed == precision.cpu_has_bf16_matmul()
         assert rel_err(bf16) < 0.05
-        monkeypatch.setattr(precision, "fbgemm_int8_available", lambda: False)
+        monkeypatch.setattr(quantize, "fbgemm_int8_available", lambda: False)
         monkeypatch.setattr(precision, "cpu_has_bf16_matmul", lambda: False)
         plain_int8 = prepare_for_inference(copy.deepcopy(model), "fp32", "int8")
         assert plain_int8.lm_head.packed is None and rel_err(plain_int8) < 0.05

@@ -51,9 +51,15 @@ class _Lazy:
 
 
 def _fastest_on_this_cpu() -> str:
-    from shoshin.device import fastest_on_this_cpu
+    from shoshin.generation.precision import precision_help
 
-    return fastest_on_this_cpu()
+    return precision_help()
+
+
+def _int4_group_size() -> str:
+    from shoshin.generation.quantize import INT4_GROUP_SIZE
+
+    return str(INT4_GROUP_SIZE)
 
 
 def _add_precision_options(parser: argparse.ArgumentParser) -> None:
@@ -61,16 +67,19 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
     dtype = parser.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "bf16"],
-        help="weights and activations (fp32 is exact: the naive reference's tokens); %(fastest)s",
+        choices=["fp32", "bf16", "auto"],
+        help="weights and activations (fp32 is exact: the naive reference's tokens; auto: the one "
+        "measured fastest here); %(fastest)s",
     )
     dtype.fastest = _Lazy(_fastest_on_this_cpu)
-    parser.add_argument(
+    quantize = parser.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=["int8", "int4"],
         default=None,
-        help="int8 weights (per output channel), within 0.02 nats of fp32 in our benchmark",
+        help="int8 weights (per output channel) or int4 weights (groups of %(group)s inputs); "
+        "their quality cost is in docs/BENCHMARKS.md",
     )
+    quantize.group = _Lazy(_int4_group_size)
     parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],

@@ -20,6 +20,7 @@ from shoshin.data.tokenizers import ASSISTANT, END, EOT, Tokenizer
 from shoshin.errors import Terminated
 from shoshin.generation.engine import Engine
 from shoshin.generation.params import SamplingParams, surface_defaults
+from shoshin.generation.prefix import common_prefix
 from shoshin.generation.streaming import TextStream
 
 
@@ -127,15 +128,6 @@ def fit_messages(
     return render(choices[lo]), choices[lo]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class ChatSession:
     """One conversation: send a user message, stream the reply; history and cache carried over."""
 
@@ -227,7 +219,7 @@ class ChatSession:
 
     def _reuse_cache(self, ids: list[int]) -> None:
         """Keep the cached positions that match the new prompt; the engine prefills the rest."""
-        n = _common_prefix(self.cache_ids, ids)
+        n = common_prefix(self.cache_ids, ids)
         if self.engine.window is None:
             if n < len(self.cache_ids) or n >= len(ids):
                 n = 0  # an LSTM state cannot be rewound: start again

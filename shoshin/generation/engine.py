@@ -38,6 +38,7 @@ from shoshin.generation.sampling import (
     make_generator,
     sample_next,
 )
+from shoshin.generation.static import StaticDecoder, resolve_mode
 
 
 @dataclass
@@ -200,7 +201,7 @@ class Batch:
                 if window is not None and lengths[b] >= window:
                     self._refill(b)
         tokens = torch.tensor(ids, dtype=torch.long).view(n, 1).to(self.engine.device)
-        logits = self.model(tokens, cache=self.cache.rows(0, n))[:, -1, :]  # (n, vocab)
+        logits = self.engine.decode_step(tokens, self.cache, n)  # (n, vocab)
         for b in range(n):
             if self.rows[b] is None:
                 self.cache.reset(b)
@@ -301,9 +302,17 @@ class Engine:
     The model declares what generation needs to know: `context_window` (its position limit, or
     None for a recurrent model) and `right_padding_safe`. `constraints` (a
     generation.constraints.Constraints of the model's vocabulary) lets generations carry a grammar.
+    `decode` picks how decode steps run: eager, compile, graphs or auto
+    (shoshin.generation.static); prefill is always eager.
     """
 
-    def __init__(self, model: LanguageModel, overflow_keep: int | None = None, constraints=None):
+    def __init__(
+        self,
+        model: LanguageModel,
+        overflow_keep: int | None = None,
+        constraints=None,
+        decode: str = "eager",
+    ):
         self.model = model
         self.constraints = constraints
         self.window: int | None = model.context_window
@@ -315,6 +324,17 @@ class Engine:
             self.keep = keep
         self.device = next(model.parameters()).device
         self.vocab_size: int = model.config.vocab_size
+        self.decode = resolve_mode(decode, self.device, model)
+        self.static = StaticDecoder(model, self.decode) if self.decode != "eager" else None
+
+    def decode_step(self, tokens: torch.Tensor, cache, n: int) -> torch.Tensor:
+        """Logits (n, vocab) of one new token per row, tokens (n, 1), appended to rows 0..n-1 of
+        `cache`: through the static step (compiled or a CUDA graph) when one is set up and fits,
+        else the model's forward (the reference)."""
+        logits = self.static.step(tokens, cache, n) if self.static is not None else None
+        if logits is None:
+            logits = self.model(tokens, cache=cache.rows(0, n))
+        return logits[:, -1, :]
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> Cache:
         """An empty cache for `batch_size` rows, as large as the model's window (or max_len)."""

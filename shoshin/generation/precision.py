@@ -1,19 +1,21 @@
-"""Reduced-precision inference: bf16 weights and activations, or int8 weights.
+"""Inference precision: which form each Linear layer takes, and which dtype is fastest here.
 
 Decoding one token at a time reads every weight once per token, so at batch 1 it is limited by
 memory bandwidth and by the per-token cost of the kernels: fewer bytes per weight only pay where a
-kernel turns them into speed. What each Linear layer becomes, by device and CPU:
+kernel turns them into speed. What each Linear layer becomes (shoshin.generation.quantize holds
+the layers), by device and CPU:
 
 - fp32 on CPU: `TransposedLinear` (the weight stored (in, out), which BLAS streams faster for
   one row). Exactly the model's arithmetic: the engine's fp32 output equals the naive path's.
-- bf16 on a CPU with bf16 instructions (AVX-512 BF16 or AMX): `PackedLinear`, the weight reordered
-  once into oneDNN's blocked layout, which its AMX/AVX-512 BF16 kernels read directly (PyTorch's
-  plain bf16 matmul re-packs or takes a slower path on every call). Without those instructions
-  bf16 is plain `nn.Linear` in bf16, and is no faster than fp32.
-- int8 (`Int8Linear`): weights quantized per output channel, w ≈ scale[n] * q[n, k] with q in
-  [-127, 127]. On an x86 CPU the matmul runs in FBGEMM's int8 kernels (VNNI where the CPU has it)
-  with the activations quantized on the fly, as CTranslate2's `int8_float32` does; elsewhere
-  PyTorch's int8-weight kernel (bf16 activations) or, on GPU, a dequantized matmul.
+- bf16 on a CPU with bf16 instructions (AVX-512 BF16 or AMX): `PackedLinear`, oneDNN's blocked
+  layout. Without those instructions bf16 is plain `nn.Linear` in bf16.
+- int8 (`Int8Linear`): per-output-channel int8 weights, FBGEMM's kernels on x86.
+- int4 (`Int4Linear`): group-wise int4 weights (groups of `INT4_GROUP_SIZE` inputs), PyTorch's CPU
+  int4 kernel; layers whose input width is not a multiple of the group stay int8.
+
+Whether bf16 beats fp32 is a property of the CPU, its memory and PyTorch's kernels, so it is
+measured rather than assumed (`measured_speeds`, once per CPU model and PyTorch version, cached
+under the shoshin cache folder); `--dtype auto` takes the faster one.
 
 Reduced precision changes the arithmetic: outputs agree with fp32 within a tolerance (tests state
 it), and int8 rows of one batch share an activation range per matmul, so only fp32 promises that a
@@ -22,15 +24,29 @@ row's tokens are the same alone and in a batch.
 
 from __future__ import annotations
 
-import warnings
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from shoshin.device import cpu_has_bf16_matmul, fbgemm_int8_available, pick_device
+from shoshin.device import cpu_features, cpu_has_bf16_matmul, pick_device
 from shoshin.errors import ShoshinError
+from shoshin.generation.quantize import (
+    INT4_GROUP_SIZE,
+    PackedLinear,
+    TransposedLinear,
+    fbgemm_int8_available,
+    quantize_int4,
+    quantize_int8,
+    replace_linears,
+)
 
+QUANTIZE = (None, "none", "int8", "int4")
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -39,132 +55,133 @@ DTYPES = {
 }
 
 
-class Int8Linear(nn.Module):
-    """A Linear layer whose weight is stored as int8 with one float scale per output channel."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-        q = torch.round(w / scale[:, None]).to(torch.int8)  # (out, in)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        bias = None if linear.bias is None else linear.bias.detach().clone()
-        self.packed = None  # FBGEMM's packed int8 weight and bias (x86 CPU), else the buffers
-        if w.device.type == "cpu" and fbgemm_int8_available():
-            self.packed = _fbgemm_pack(q, scale, bias)
-            for name in ("weight", "scale", "bias"):
-                self.register_buffer(name, None)
-        else:
-            self.register_buffer("weight", q)
-            self.register_buffer("scale", scale.to(linear.weight.dtype))
-            self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
-            self.register_buffer("bias", bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            # activations are quantized on the fly (one range per call), accumulated in int32,
-            # and the bias added in the same kernel
-            y = torch.ops.quantized.linear_dynamic(x.float(), self.packed, False)
-            return y if x.dtype == torch.float32 else y.to(x.dtype)
-        if x.device.type == "cpu":
-            # PyTorch's fused int8-weight kernel (no dequantized copy of the weight in memory);
-            # it takes bf16 activations and a bf16 scale.
-            x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scale_bf16)
-            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        else:
-            y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+def _measure_cache_file() -> Path:
+    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
+    return Path(root) / "precision.json"
 
 
-def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    """FBGEMM's packed form of int8 weights q (out, in) with per-channel scales (out,) and a
-    float bias."""
-    torch.backends.quantized.engine = "x86"
-    with warnings.catch_warnings():  # PyTorch flags quantized tensors for a future removal
-        warnings.simplefilter("ignore")
-        zeros = torch.zeros(q.shape[0], dtype=torch.long)
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
-        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
+def _cpu_key() -> str:
+    f = cpu_features()
+    threads = torch.get_num_threads()  # two threads share bandwidth and overhead differently
+    return f"{f['model'] or f['capability']} | torch {torch.__version__} | {threads} threads"
 
 
-class PackedLinear(nn.Module):
-    """A bf16 Linear layer whose weight is reordered once into oneDNN's blocked layout (CPU).
+def cached_speeds() -> dict | None:
+    """This CPU's measured decode speeds (see measured_speeds), or None if not measured yet."""
+    try:
+        return json.loads(_measure_cache_file().read_text()).get(_cpu_key())
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    Inference only: the packed weight is an opaque oneDNN tensor (no state_dict, no .to()).
+
+def measured_speeds(rounds: int = 3, steps: int = 16) -> dict:
+    """ms per decode step of fp32 and bf16 on this CPU, and the faster one ("fastest").
+
+    Measured once (a few seconds) on a GPT-2-small-wide model of four blocks, prepared as
+    `prepare_for_inference` prepares it, decoding `steps` tokens at batch 1 (so the norms,
+    attention and conversions count, not only the matmuls), interleaved and best of `rounds`;
+    then cached by CPU model, PyTorch version and thread count. A damaged or unwritable cache
+    file only means measuring again.
     """
+    from shoshin.config import ModelConfig
+    from shoshin.models.gpt import GPT
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        w = linear.weight.detach().to(torch.bfloat16)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)  # laid out for decoding
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-class TransposedLinear(nn.Module):
-    """A Linear layer with its weight stored transposed, (in, out), as GPT-2's Conv1D stores it.
-
-    Decoding multiplies one row by each weight matrix; CPU BLAS streams an (in, out) matrix for
-    that noticeably faster than the (out, in) layout of nn.Linear (same values, same result).
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())  # (in, out)
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        y = x2 @ self.weight_t if self.bias is None else torch.addmm(self.bias, x2, self.weight_t)
-        return y.view(*shape[:-1], self.out_features)
+    known = cached_speeds()
+    if known is not None:
+        return known
+    print("shoshin: timing fp32 against bf16 decoding on this CPU (once)", file=sys.stderr)
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=4, n_head=12, n_embd=768, block_size=64, vocab_size=8192)
+    plain = GPT(config)
+    models = {name: prepare_for_inference(copy.deepcopy(plain), name) for name in ("fp32", "bf16")}
+    tokens = torch.zeros(1, 1, dtype=torch.long)
+    best = dict.fromkeys(models, float("inf"))
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, model in models.items():
+                cache = model.new_cache(1)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    model(tokens, cache=cache)
+                best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    result = {name: round(s * 1e3, 3) for name, s in best.items()}
+    result["fastest"] = min(best, key=best.get)
+    result["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    _store_speeds(result)
+    return result
 
 
-def _replace_linears(model: nn.Module, make) -> nn.Module:
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, child_name, make(child))
-    return model
+def _store_speeds(result: dict) -> None:
+    path = _measure_cache_file()
+    try:
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        table[_cpu_key()] = result
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` (in place) with an Int8Linear; returns the model.
+def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> str:
+    """`dtype` itself, or for "auto" the one measured fastest here (bf16 on a GPU)."""
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type != "cpu":
+        return "bf16"
+    return measured_speeds()["fastest"]
 
-    A lm_head tied to the embedding gets its own int8 copy; the embedding lookup stays in float.
-    """
-    return _replace_linears(model, Int8Linear)
+
+def precision_help() -> str:
+    """One sentence for --help: which dtype decodes fastest on this CPU, as measured (never
+    measuring here: help must stay instant)."""
+    f = cpu_features()
+    where = f"on this CPU ({f['model'] or f['capability']})"
+    speeds = cached_speeds()
+    if speeds is None:
+        dtype = "not measured yet here: --dtype auto measures fp32 against bf16 once and keeps it"
+    else:
+        other = "bf16" if speeds["fastest"] == "fp32" else "fp32"
+        ratio = speeds[other] / speeds[speeds["fastest"]]
+        dtype = (
+            f"{speeds['fastest']} decodes fastest, measured {speeds['measured']} "
+            f"({other} takes {ratio:.2f}x as long); --dtype auto uses it"
+        )
+    int8 = "int8 kernels with VNNI" if fbgemm_int8_available() and f["vnni"] else "no VNNI"
+    return f"{where}: {dtype}; --quantize int8/int4 read 4x/8x fewer weight bytes ({int8})"
 
 
 def prepare_for_inference(
     model: nn.Module, dtype: str = "fp32", quantize: str | None = None, device: str | None = None
 ) -> nn.Module:
-    """Ready `model` for generation, in place: eval mode, dtype fp32|bf16, quantize None|int8,
-    moved to `device` (auto|cpu|cuda; None leaves it where it is).
+    """Ready `model` for generation, in place: eval mode, dtype fp32|bf16|auto (the one measured
+    fastest here), quantize None|int8|int4, moved to `device` (auto|cpu|cuda; None leaves it).
 
     Linear layers are replaced by the fastest form for the device and CPU (see the module's
     docstring); the model is then for inference only (a tied lm_head gets its own copy).
     """
-    if dtype not in DTYPES:
-        raise ShoshinError(f"dtype must be one of fp32, bf16; got {dtype!r}")
-    if quantize not in (None, "none", "int8"):
-        raise ShoshinError(f"quantize must be int8 (or none); got {quantize!r}")
+    if dtype not in DTYPES and dtype != "auto":
+        raise ShoshinError(f"dtype must be one of fp32, bf16, auto; got {dtype!r}")
+    if quantize not in QUANTIZE:
+        raise ShoshinError(f"quantize must be int8 or int4 (or none); got {quantize!r}")
     if device is not None:
         model.to(pick_device(device, "--device"))
+    dtype = resolve_dtype(dtype, next(model.parameters()).device)
     model.eval()
+    if hasattr(model, "fuse"):  # a model that declares projections it can merge (Llama)
+        model.fuse()
     model.to(DTYPES[dtype])
     on_cpu = next(model.parameters()).device.type == "cpu"
     if quantize == "int8":
         quantize_int8(model)
+    elif quantize == "int4":
+        quantize_int4(model, INT4_GROUP_SIZE)
     elif on_cpu and DTYPES[dtype] == torch.float32:
-        _replace_linears(model, TransposedLinear)
+        replace_linears(model, TransposedLinear)
     elif on_cpu and cpu_has_bf16_matmul():
-        _replace_linears(model, PackedLinear)
+        replace_linears(model, PackedLinear)
     return model

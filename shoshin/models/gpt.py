@@ -12,6 +12,7 @@ different lengths (and requests that join a running batch) share one cache.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,14 @@ class KVCache:
             k_pos = torch.arange(span, device=device)  # (S,)
             mask = (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, S)
         return CacheStep(lengths[0] if uniform else None, lengths, starts, span, mask)
+
+    def static_step(self, starts: torch.Tensor) -> CacheStep:
+        """The step of one new token per row at positions `starts` (B,), on the model's device,
+        attending over the whole cache through a mask: no host value in it, and shapes that depend
+        only on the cache (what a compiled step or a CUDA graph needs)."""
+        k_pos = torch.arange(self.max_len, device=starts.device)
+        mask = (k_pos[None, :] <= starts[:, None])[:, None, None]  # (B, 1, 1, S)
+        return CacheStep(None, [], starts, self.max_len, mask)
 
     def write(self, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor):
         """Write layer's new keys/values (B, nh, T, hs) at each row's length; return the cached
@@ -144,8 +153,7 @@ class CausalSelfAttention(nn.Module):
             )  # (B, nh, T, hs)
         else:
             k, v = cache.write(layer, step, k, v)  # (B, nh, S, hs): all cached so far
-            with sdpa_kernel(CACHED_ATTENTION_KERNELS):
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
 
@@ -273,8 +281,10 @@ class GPT(nn.Module):
             step = cache.plan(T, idx.device)
             pos = step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.h):
-            x = block(x, cache, i, step)
+        # attention over a cache: one kernel choice for all layers (entering it costs per call)
+        with sdpa_kernel(CACHED_ATTENTION_KERNELS) if cache is not None else nullcontext():
+            for i, block in enumerate(self.h):
+                x = block(x, cache, i, step)
         if cache is not None:
             cache.lengths += T  # advanced once, by the model, after every layer has written
         x = self.ln_f(x)
@@ -283,3 +293,21 @@ class GPT(nn.Module):
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
         return self.lm_head(x)  # (B, T or 1, vocab)
+
+    def decode_static(
+        self, idx: torch.Tensor, cache: KVCache, starts: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per row, idx (B, 1), written at positions
+        `starts` (B,) on the model's device, attending over the whole cache through a mask.
+
+        Every shape is the cache's, whatever the rows' lengths, and nothing is read back to the
+        host: a step compiles once (torch.compile) or is captured once as a CUDA graph, then
+        replayed. The caller advances cache.lengths. Same arithmetic as forward() but for the
+        masked positions (exact zeros in the softmax), so it agrees with it within float rounding.
+        """
+        step = cache.static_step(starts)
+        x = self.wte(idx) + self.wpe(starts[:, None])  # (B, 1, C)
+        with sdpa_kernel(CACHED_ATTENTION_KERNELS):
+            for i, block in enumerate(self.h):
+                x = block(x, cache, i, step)
+        return self.lm_head(self.ln_f(x))

@@ -68,6 +68,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
         self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=False)
         self.o_proj = nn.Linear(self.n_head * hs, C, bias=False)
+        self.qkv_proj: nn.Linear | None = None  # q, k and v in one matmul, after Llama.fuse()
         if config.qk_norm:  # Qwen3: one RMSNorm over each head's width, shared by all heads
             self.q_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
             self.k_norm = nn.RMSNorm(hs, eps=config.layer_norm_eps)
@@ -85,9 +86,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, nh, hs))  # (B, T, nh, hs)
-        k = self.k_norm(self.k_proj(x).view(B, T, nkv, hs))  # (B, T, nkv, hs)
-        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.view(B, T, nh, hs))  # (B, T, nh, hs)
+        k = self.k_norm(k.view(B, T, nkv, hs))  # (B, T, nkv, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         q = apply_rotary(q.transpose(1, 2), *rope)  # (B, nh, T, hs)
         k = apply_rotary(k.transpose(1, 2), *rope)  # (B, nkv, T, hs)
         gqa = nkv != nh  # SDPA broadcasts each kv head to its group of queries
@@ -118,10 +123,14 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.n_embd, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.dropout)
+        self.gate_up_proj: nn.Linear | None = None  # gate and up in one matmul, after fuse()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.relu2:
             h = F.relu(self.up_proj(x)).square()
+        elif self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            h = F.silu(gate) * up
         else:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         return self.dropout(self.down_proj(h))
@@ -138,6 +147,14 @@ class Block(nn.Module):
     def forward(self, x, rope, cache=None, layer: int = 0, step=None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer, step)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _fused(*linears: nn.Linear) -> nn.Linear:
+    """One bias-free Linear whose output is the given layers' outputs side by side."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # no init
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
 
 
 class Llama(nn.Module):
@@ -218,6 +235,33 @@ class Llama(nn.Module):
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
         return self.logits(x)  # (B, T or 1, vocab)
+
+    def fuse(self) -> None:
+        """For inference (in place): each layer's q, k, v projections become one matmul, and so do
+        the MLP's gate and up: three kernel calls fewer per layer, the same outputs up to float
+        rounding. The separate layers are gone afterwards (no training or export from here)."""
+        for block in self.layers:
+            attn, mlp = block.self_attn, block.mlp
+            if type(attn.q_proj) is not nn.Linear:  # e.g. LoRA adapters not merged: leave as is
+                continue
+            attn.qkv_proj = _fused(attn.q_proj, attn.k_proj, attn.v_proj)
+            del attn.q_proj, attn.k_proj, attn.v_proj
+            if not mlp.relu2:
+                mlp.gate_up_proj = _fused(mlp.gate_proj, mlp.up_proj)
+                del mlp.gate_proj, mlp.up_proj
+
+    def decode_static(
+        self, idx: torch.Tensor, cache: KVCache, starts: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per row at positions `starts` (B,), attending
+        over the whole cache through a mask: fixed shapes for a compiled step or a CUDA graph (see
+        GPT.decode_static). The caller advances cache.lengths."""
+        step = cache.static_step(starts)
+        cos, sin = rotary(starts[:, None], head_dim(self.config), self.config.rope_theta)
+        x = self.embed_tokens(idx)  # (B, 1, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, (cos[:, None], sin[:, None]), cache, i, step)
+        return self.logits(self.norm(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The output head, soft-capped when model.logit_softcap is set."""

@@ -4,8 +4,10 @@ The engine's `Batch` (shoshin.generation.engine) does the decoding: prompts pref
 one cache, one batched forward pass per step, each row sampled with its own parameters and
 generator. This scheduler adds only what serving needs: a queue of waiting requests admitted into
 free rows at step boundaries, cancellation (a client that went away), telling each request's
-listener about its tokens, and keeping the server alive if a step fails. It runs in one background
-thread and knows only token ids; text lives in the server.
+listener about its tokens, keeping the server alive if a step fails, and prefix reuse: a prompt
+that starts like an earlier prompt or conversation starts from its keys and values
+(shoshin.generation.prefix). It runs in one background thread and knows only token ids; text
+lives in the server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn as nn
 
 from shoshin.generation.engine import Engine, Generation, TokenLogprob
 from shoshin.generation.params import SamplingParams
+from shoshin.generation.prefix import DEFAULT_MAX_BYTES, PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,23 @@ class BatchScheduler:
     Requests beyond the free slots wait in a queue (first come, first served).
     """
 
-    def __init__(self, model: nn.Module, slots: int = 16):
+    def __init__(
+        self,
+        model: nn.Module,
+        slots: int = 16,
+        prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+        decode: str = "eager",
+    ):
         if slots < 1:
             raise ValueError("a scheduler needs at least one slot")
-        self.engine = Engine(model.eval())
+        self.engine = Engine(model.eval(), decode=decode)
         self.batch = self.engine.new_batch(slots)
+        # keys/values of earlier prompts and conversations (None: off, or a recurrent model)
+        self.prefixes = (
+            PrefixCache(prefix_cache_bytes)
+            if prefix_cache_bytes > 0 and PrefixCache.supports(self.batch.cache)
+            else None
+        )
         self.requests: list[Request | None] = [None] * slots  # by row
         self.waiting: deque[Request] = deque()
         self.steps = 0  # batched decode steps taken, for /health and benchmarks
@@ -125,7 +140,7 @@ class BatchScheduler:
         for b, request in enumerate(self.requests):
             if request is not None and request.cancelled:
                 self._end(b, "cancelled")
-        self._admit()
+        joined = self._admit()
         for b, token in self.batch.sample():
             request = self.requests[b]
             logprobs = request.generation.logprobs
@@ -133,11 +148,17 @@ class BatchScheduler:
         for b, request in enumerate(self.requests):  # scoring passes finish without a token
             if request is not None and request.generation.done:
                 self._end(b, request.generation.finish_reason)
+        if self.prefixes is not None:  # after the first tokens went out: not on their path
+            for b, generation in joined.items():  # e.g. a system prompt shared by what follows
+                request = self.requests[b]
+                if request is not None and request.generation is generation:
+                    self.prefixes.store(self.batch.cache, b, generation.prompt)
         self.batch.advance()
         self.steps += 1
 
-    def _admit(self) -> None:
-        """Move waiting requests into the lowest free rows and prefill them together."""
+    def _admit(self) -> dict[int, Generation]:
+        """Move waiting requests into the lowest free rows and prefill them together; returns
+        them by row."""
         joining: dict[int, Generation] = {}
         with self._wake:
             for b in self.batch.free_rows():
@@ -147,15 +168,32 @@ class BatchScheduler:
                     break
                 self.requests[b] = request = self.waiting.popleft()
                 joining[b] = request.generation
-        if joining:
-            self.batch.add(joining)
+        if not joining:
+            return joining
+        for b, generation in joining.items():
+            self.batch.cache.reset(b)
+            if self.prefixes is not None and generation.params.prompt_logprobs is None:
+                self.prefixes.restore(self.batch.cache, b, generation.prompt)
+        self.batch.add(joining, cached=True)  # rows hold a reused prefix, or nothing
+        return joining
 
     def _end(self, b: int, reason: str) -> None:
         request = self.requests[b]
         self.requests[b] = None
+        held = int(self.batch.cache.lengths[b])
         if self.batch.rows[b] is not None:
-            self.batch.release(b)
-        self._tell_end(request, reason)
+            self.batch.release(b)  # only forgets the row's length: its keys/values stay
+        self._tell_end(request, reason)  # the client first: storing is not on its path
+        if self.prefixes is not None and reason in ("stop", "length"):
+            self._keep_conversation(b, request.generation, held)
+
+    def _keep_conversation(self, b: int, generation: Generation, held: int) -> None:
+        """Store the `held` positions row b's cache holds: prompt and reply but the last token
+        (never fed), which a chat client sends back as the start of its next turn. Not after an
+        overflow refilled the row (its positions no longer start at the prompt's first token)."""
+        ids, window = generation.history.ids, self.batch.cache.max_len
+        if len(ids) <= window:
+            self.prefixes.store(self.batch.cache, b, ids[:held])
 
     @staticmethod
     def _tell_end(request: Request, reason: str) -> None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from shoshin.config import Config, apply_overrides, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, check_fits, eval_batches, prepare_data
+from shoshin.data.sources import check_source
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.evaluation.evaluate import heldout_at_end_of_training
@@ -592,6 +593,7 @@ def train(
     `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run and
     holds its lock.
     """
+    check_source(config.data.source)  # data that cannot be read makes no run folder
     dist = init_distributed(pick_device(config.train.device))
     run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
     try:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.data.text import clean_text
-from shoshin.errors import ShoshinError, Terminated, disk_error_line
+from shoshin.errors import Interrupted, ShoshinError, Terminated, disk_error_line
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 
@@ -753,6 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except Interrupted:  # the command already said so, and how to go on
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -150,6 +150,70 @@ def test_markdown_is_rendered_as_elements_and_html_stays_text(browser_page, tmp_
     screenshot(page, tmp_path, f"chat-markdown-{viewport['width']}")
 
 
+# Whole pieces of a reply as single tokens of a char tokenizer (its decode joins them): a model can
+# then stream Markdown and HTML token by token. ":" ends the plain-text chat prompt ("Assistant:").
+PIECES = [
+    "Some **bold** and `code` ",
+    "<script>window.pwned = 1</script>",
+    ' [x](javascript:alert(1)) <img src=x onerror="window.pwned = 2">',
+]
+
+
+def scripted_gpt(tok: CharTokenizer, order: list[str]):
+    """A real GPT whose greedy next token depends only on the current one: each of `order`'s
+    tokens is followed by the next, the last by <|endoftext|>. Attention and MLP are zeroed, so the
+    final LayerNorm sees the current token's one-hot embedding and the LM head maps it on."""
+    import torch
+
+    from shoshin.config import ModelConfig
+    from shoshin.models import build_model
+
+    vocab = tok.vocab_size
+    config = ModelConfig(
+        n_layer=1, n_head=1, n_embd=vocab + 2, block_size=64, vocab_size=vocab, tie_embeddings=False
+    )
+    model = build_model(config).eval()
+    ids = [tok.stoi[piece] for piece in order] + [tok.special_tokens["<|endoftext|>"]]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.ln_f.weight.fill_(1.0)
+        for t in range(vocab):
+            model.wte.weight[t, t] = 1.0
+        for current, following in zip(ids[:-1], ids[1:], strict=True):
+            model.lm_head.weight[following, current] = 10.0
+    return model
+
+
+@pytest.mark.slow
+def test_a_streamed_reply_renders_markdown_and_its_html_stays_text(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    tok = CharTokenizer(["a", ":", *PIECES], ["<|endoftext|>"])
+    app = create_app(scripted_gpt(tok, [":", *PIECES]), tok, "scripted", ServeConfig())
+    with background_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PHONE)
+            page.goto(url)
+            page.wait_for_selector("#temperature", state="attached")
+            page.click("#settings-toggle")
+            page.fill("#temperature", "0")
+            page.click("#settings-close")
+            send(page, "a")
+            reply = ".msg.assistant"
+            shown = page.locator(reply).text_content()
+            strong, code = texts(page, f"{reply} strong"), texts(page, f"{reply} code")
+            made = page.locator(f"{reply} script, {reply} img, {reply} a").count()
+            pwned = page.evaluate("window.pwned")
+            screenshot(page, tmp_path, "chat-streamed-390")
+        finally:
+            browser.close()
+    assert shown.startswith("Some bold and code <script>window.pwned = 1</script>"), shown
+    assert strong == ["bold"] and code == ["code"]
+    assert made == 0 and pwned is None
+    assert "[x](javascript:alert(1))" in shown
+
+
 @pytest.mark.slow
 def test_conversations_regenerate_copy_and_edit(browser_page, tmp_path):
     open_page, _ = browser_page

@@ -15,6 +15,11 @@ class Terminated(KeyboardInterrupt):
     saves a checkpoint and records `interrupted`; the CLI then exits with 128 + 15."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C already reported to the user, with what to do next (a training run's resume
+    command): the CLI exits with status 130 without a second word."""
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)

@@ -86,7 +86,7 @@ def load(
 
 def resolve_source(src: str | Path, runs_dir: str | Path | None = None) -> Run | str:
     """A run, or the name of a Hugging Face checkpoint (folder or hub id) when src is not a run."""
-    from shoshin.interop.hf import is_checkpoint_dir, looks_like_hub_id
+    from shoshin.interop.hf import close_hub_model, is_checkpoint_dir, looks_like_hub_id
 
     src = str(src)
     if is_checkpoint_dir(src):
@@ -94,10 +94,14 @@ def resolve_source(src: str | Path, runs_dir: str | Path | None = None) -> Run |
     root = runs_root(runs_dir)
     try:
         return resolve_run(src, root)
-    except ShoshinError:
-        # A name no run id starts with (run ids start with a date) may be a hub id such as gpt2.
-        if src == "latest" or not looks_like_hub_id(src) or _prefixes_a_run(src, root):
+    except ShoshinError as exc:
+        # Only a name shaped like a hub id (owner/name, or gpt2 and its kin) goes to the hub.
+        if src == "latest" or _prefixes_a_run(src, root):
             raise
+        if not looks_like_hub_id(src):
+            typo = close_hub_model(src)
+            hint = f"; did you mean the Hugging Face model {typo}?" if typo else ""
+            raise ShoshinError(f"{exc}{hint}") from None
     return src
 
 

@@ -106,7 +106,8 @@ def test_unknown_preset_suggests_close_match():
 
 
 def test_missing_run():
-    assert_user_error(run_cli("sample", "no-such-run"), "'no-such-run' is not a run")
+    # Not shaped like a hub id: a run name, reported at once, never looked up on the network.
+    assert_user_error(run_cli("sample", "no-such-run"), "no run 'no-such-run'", "shoshin runs")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

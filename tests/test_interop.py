@@ -4,6 +4,7 @@ transformers, runs export back to checkpoints transformers loads, and bad checkp
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -140,16 +141,67 @@ def test_broken_checkpoint_through_the_cli(tmp_path):
     assert (folder / "model.safetensors").read_bytes() == before
 
 
+NOT_CACHED = "is not a run (see: shoshin runs), and not in the local Hugging Face cache"
+
+
 def test_hub_id_without_network_is_a_one_line_error(tmp_path):
     # HF_HUB_OFFLINE makes huggingface_hub answer at once, as a machine without network would.
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     result = run_cli("sample", "gpt2", "--prompt", "Hi", env=env)
     assert result.returncode == 2
-    assert result.stderr.startswith(
-        "error: 'gpt2' is not a run (see: shoshin runs) nor a local checkpoint"
+    assert result.stderr.startswith(f"error: 'gpt2' {NOT_CACHED} (HF_HUB_OFFLINE is set)")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_hub_is_a_one_line_error(tmp_path):
+    # A closed port on loopback stands for a machine without network: refused at once, nothing
+    # leaves this machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf-home")}
+    env["HF_HUB_OFFLINE"] = "0"
+    for name in ("distilgpt2", "someone/some-model"):
+        result = run_cli("sample", name, "--prompt", "Hi", env=env)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: '{name}' {NOT_CACHED} (the hub cannot be reached")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_a_mistyped_run_name_never_goes_to_the_hub(tmp_path, offline):
+    # With HF_HUB_OFFLINE=0 and the hub pointed at a port where nothing listens, a lookup would
+    # fail with "cannot be reached": the messages below prove none was tried.
+    env = {
+        "HF_HUB_OFFLINE": offline,
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    result = run_cli("sample", "nosuchrun", env=env)
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"error: no run 'nosuchrun' in {tmp_path / 'runs'} (see: shoshin runs)\n"
     )
-    assert "downloading it from the Hugging Face hub failed" in result.stderr
-    assert result.stderr.strip().count("\n") == 0
+    result = run_cli("sample", "gtp2", env=env)
+    assert result.stderr == (
+        f"error: no run 'gtp2' in {tmp_path / 'runs'} (see: shoshin runs); did you mean the Hugging Face model "
+        "gpt2?\n"
+    )
+    result = run_cli("finetune", "--from", "gpt-2", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(
+        "error: checkpoint gpt-2 does not exist; did you mean gpt2?"
+    )
+    assert not (tmp_path / "hf-home").exists()  # huggingface_hub never ran
+
+
+def test_names_shaped_like_hub_ids():
+    from shoshin.interop.hf import KNOWN_HUB_MODELS, looks_like_hub_id
+
+    assert all(looks_like_hub_id(name) for name in KNOWN_HUB_MODELS)
+    assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M")
+    for name in ("nosuchrun", "gtp2", "20260101-1200", "latest", "a/b/c", "/abs/path"):
+        assert not looks_like_hub_id(name), name
 
 
 def test_sample_directly_from_a_checkpoint_folder(tmp_path):

@@ -58,10 +58,10 @@ def test_chat_page_streams_a_reply_with_the_settings_it_builds_from_the_schema(t
             )
 
             def ask(text: str, **settings: str) -> str:
-                page.click("summary")
+                page.click("#settings-toggle")
                 for name, value in settings.items():
                     page.fill(f"#{name}", value)
-                page.click("summary")
+                page.click("#settings-close")
                 page.fill("#input", text)
                 page.press("#input", "Enter")
                 page.wait_for_function(

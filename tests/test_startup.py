@@ -32,12 +32,12 @@ print(json.dumps(seen))
 
 def test_commands_that_touch_no_model_do_not_import_torch(tmp_path: Path):
     runs = tmp_path / "runs"
-    create_run(load_config("tiny", []), runs, ["shoshin", "train", "tiny"])
+    run = create_run(load_config("tiny", []), runs, ["shoshin", "train", "tiny"])
     commands = [
         ["--help"],
         ["sample", "--help"],  # the precision help is computed only when shown ...
         ["runs", "--runs-dir", str(runs)],
-        ["show", "latest", "--runs-dir", str(runs)],
+        ["show", run.id, "--runs-dir", str(runs)],  # (not latest: it has no checkpoint)
         ["config"],
         ["config", "tiny", "train.lr=1e-3"],
         ["config", "model.n_layr=2"],  # a mistyped key: one line, status 2
@@ -54,7 +54,7 @@ def test_commands_that_touch_no_model_do_not_import_torch(tmp_path: Path):
     assert seen.pop("parser") is False
     assert seen == {
         "runs --runs-dir " + str(runs): [False, 0],
-        "show latest --runs-dir " + str(runs): [False, 0],
+        f"show {run.id} --runs-dir {runs}": [False, 0],
         "config": [False, 0],
         "config tiny train.lr=1e-3": [False, 0],
         "config model.n_layr=2": [False, 2],

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from shoshin.cli.parser import build_parser
-from shoshin.errors import ShoshinError, Terminated, disk_error_line
+from shoshin.errors import Interrupted, ShoshinError, Terminated, disk_error_line
 
 __all__ = ["build_parser", "main"]
 
@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except Interrupted:  # the command already said so, and how to go on
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

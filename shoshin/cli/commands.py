@@ -120,7 +120,7 @@ def _default(value: object) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from shoshin.runs.report import format_runs, runs_json, summarize
-    from shoshin.runs.store import TRAINING_KINDS, latest_run
+    from shoshin.runs.store import latest_run
 
     root = runs_root(args.runs_dir)
     summaries = [summarize(r) for r in all_runs(root)]
@@ -129,8 +129,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif not summaries:
         print(f"no runs in {root} yet; try: shoshin train tiny")
     else:
-        trained = any(s.kind in TRAINING_KINDS for s in summaries)
-        print(format_runs(summaries, latest_run(root).id if trained else None))
+        try:
+            latest: str | None = latest_run(root).id
+        except ShoshinError:  # no training run with a checkpoint yet: nothing is `latest`
+            latest = None
+        print(format_runs(summaries, latest))
     return 0
 
 
@@ -219,6 +222,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from shoshin.runs.store import Run
 
     source = resolve_source(args.run, args.runs_dir)  # `latest` or a prefix: say which run
+    if isinstance(source, Run):
+        args.run = str(source.path)  # resolved once: `latest` says what it skipped once
     model, tok = _load_for_inference(args)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # an invalid byte typed or piped in becomes U+FFFD

@@ -8,6 +8,7 @@ chat file in the OpenAI messages format, `chitchat` (the built-in human conversa
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,7 @@ def load_corpus(
         corpus = _load_hf(source, hf_split, hf_column, hf_revision)
     else:
         path = Path(source).expanduser()
-        if not path.exists():
-            raise ShoshinError(
-                f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat "
-                "file, chitchat, or a Hugging Face dataset as hf:NAME or hf:/path)"
-            )
+        check_source(source)
         if path.is_dir():
             corpus = _load_text_folder(path)
         elif path.suffix == ".jsonl":
@@ -65,6 +62,36 @@ def load_corpus(
     if not corpus.documents:
         raise ShoshinError(f"corpus {corpus.description} is empty")
     return corpus
+
+
+def check_source(source: str) -> None:
+    """Fail now, in one line, when `source` cannot be read at all (missing, unreadable, a folder
+    without .txt files, chitchat without its package): `shoshin train` checks this before it makes
+    a run folder. The full read (and its finer errors) is load_corpus's; `hf:` sources are left to
+    it, as they may need the network."""
+    if source == "chitchat":
+        if importlib.util.find_spec("chitchat_dataset") is None:
+            raise ShoshinError(
+                "the chitchat corpus needs the chitchat-dataset package: pip install chitchat-dataset"
+            )
+        return
+    if source.startswith("hf:"):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ShoshinError(
+            f"data source {source} does not exist (give a .txt file, a folder, a .jsonl chat "
+            "file, chitchat, or a Hugging Face dataset as hf:NAME or hf:/path)"
+        )
+    if path.is_dir():
+        if not any(p.is_file() for p in path.rglob("*.txt")):
+            raise ShoshinError(f"corpus folder {path} has no .txt files")
+        return
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ShoshinError(f"data source {source} cannot be read ({exc.strerror})") from None
 
 
 def _read_text(path: Path) -> tuple[str, bytes]:

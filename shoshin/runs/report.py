@@ -156,7 +156,7 @@ def format_runs(summaries: list[RunSummary], latest: str | None = None) -> str:
             row.append(error if len(error) <= 70 else error[:67] + "...")
     lines = table(headers, rows)
     if latest:
-        lines += ["", f"latest = {latest} (the newest train or finetune run)"]
+        lines += ["", f"latest = {latest} (the newest train or finetune run with a checkpoint)"]
     return "\n".join(lines)
 
 

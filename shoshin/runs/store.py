@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from shoshin.storage.manifest import (
 )
 
 CONFIG = "config.yaml"
+CHECKPOINT_INDEX = "checkpoints/index.json"  # written with the first checkpoint
 TRACEBACK = "traceback.txt"
 
 
@@ -240,21 +242,52 @@ def run_kind(manifest: Manifest) -> str:
     return "finetune" if manifest.base_model is not None else "train"
 
 
-def latest_run(root: Path) -> Run:
-    """The training run (`train` or `finetune`) started last: what `latest` names.
+def latest_run(root: Path, say: Callable[[str], None] | None = None) -> Run:
+    """The training run (`train` or `finetune`) started last that has a checkpoint: what `latest`
+    names.
 
     Reproductions and lr-find runs are checks of other runs, not models to use, so a
     `shoshin reproduce` or `lr-find` never moves `latest`; broken runs (a manifest that cannot be
-    read) are passed over.
+    read) are passed over, and so are training runs without a checkpoint (one that failed at its
+    start, or is still before its first one): `say` gets one line naming those newer ones and why.
     """
-    started = [
-        (m.start_time or "", run.id, run)
-        for run, m in readable_runs(root)
-        if run_kind(m) in TRAINING_KINDS
-    ]
+    started = sorted(
+        (
+            (m.start_time or "", run.id, run, m)
+            for run, m in readable_runs(root)
+            if run_kind(m) in TRAINING_KINDS
+        ),
+        key=lambda item: item[:2],
+        reverse=True,
+    )
     if not started:
         raise ShoshinError(f"no training runs in {root} yet; train one with: shoshin train tiny")
-    return max(started, key=lambda item: item[:2])[2]
+    skipped = []
+    for _, _, run, manifest in started:
+        if has_checkpoint(run.path):
+            if skipped and say is not None:
+                say(f"latest is {run.id}; skipped newer {'; '.join(skipped)}")
+            return run
+        skipped.append(f"{run.id} ({_why_no_checkpoint(manifest, run.path)})")
+    raise ShoshinError(
+        f"no run in {root} has a checkpoint yet ({'; '.join(skipped[:3])}); "
+        "train one with: shoshin train tiny"
+    )
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """True once training wrote a first checkpoint (its index names it; see
+    shoshin.training.checkpoint)."""
+    return (Path(run_dir) / CHECKPOINT_INDEX).is_file()
+
+
+def _why_no_checkpoint(manifest: Manifest, run_dir: Path) -> str:
+    status = effective_status(manifest, run_dir)
+    if status == "running":
+        return "running, no checkpoint yet"
+    error = (manifest.error or "").removeprefix("ShoshinError: ")
+    error = f": {error[:77]}..." if len(error) > 80 else f": {error}" if error else ""
+    return f"{status} before its first checkpoint{error}"
 
 
 def resolve_run(ref: str, root: Path) -> Run:
@@ -266,7 +299,7 @@ def resolve_run(ref: str, root: Path) -> Run:
     if (path / MANIFEST).is_file():
         return _readable(Run(path))
     if ref == "latest":
-        return latest_run(root)
+        return latest_run(root, say=_to_stderr)
     runs = all_runs(root)
     exact = [r for r in runs if r.id == ref]
     if exact:
@@ -278,6 +311,10 @@ def resolve_run(ref: str, root: Path) -> Run:
         names = ", ".join(r.id for r in matches[:5])
         raise ShoshinError(f"run prefix {ref!r} is ambiguous: {names}")
     raise ShoshinError(f"no run {ref!r} in {root} (see: shoshin runs)")
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _readable(run: Run) -> Run:

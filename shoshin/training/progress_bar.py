@@ -50,5 +50,11 @@ class Progress:
             return f"eta {budget / 60:.1f} min (time budget; all steps need {remaining / 60:.1f})"
         return f"eta {remaining / 60:.1f} min"
 
+    def say(self, line: str) -> None:
+        """Log `line` above the bar (which is cleared, then drawn again below it)."""
+        with tqdm.external_write_mode(file=sys.stderr):
+            self.log(line)
+
     def close(self) -> None:
+        """Draw the bar a last time and end its line; later output starts on a line of its own."""
         self.bar.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shoshin.config import Config, apply_overrides, save_config
+from shoshin.data.sources import check_source
 from shoshin.device import pick_device
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import Pretrained, load_recorded_base
@@ -43,6 +44,7 @@ def train(
     `manifest` adds fields to the new run's manifest. Under torchrun, rank 0 creates the run and
     holds its lock.
     """
+    check_source(config.data.source)  # data that cannot be read makes no run folder
     dist = init_distributed(pick_device(config.train.device))
     run = dist.from_main(lambda: create_run(config, runs_dir, command, manifest))
     try:

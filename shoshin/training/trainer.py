@@ -29,7 +29,7 @@ from shoshin.config import Config, save_config
 from shoshin.data.chat import is_chat_tokenizer
 from shoshin.data.dataset import PreparedData, eval_batches
 from shoshin.device import pick_device
-from shoshin.errors import ShoshinError
+from shoshin.errors import Interrupted, ShoshinError, Terminated
 from shoshin.generation.continuation import sample_text
 from shoshin.generation.params import surface_defaults
 from shoshin.generation.scoring import heldout_at_end_of_training
@@ -222,7 +222,9 @@ class Trainer:
         """Train up to train.max_steps, or only up to step `stop_after` with the same LR schedule."""
         tc = self.config.train
         stop = tc.max_steps if stop_after is None else min(tc.max_steps, stop_after)
-        self.progress = Progress(tc.max_steps, self.step, self.log, self.dist.is_main)
+        log = self.log
+        self.progress = Progress(tc.max_steps, self.step, log, self.dist.is_main)
+        self.log = self.progress.say  # while the bar is drawn, lines go above it
         try:
             self._start()
             while self.step < stop and not self._out_of_time():
@@ -232,17 +234,23 @@ class Trainer:
                 self._write_row(row)
                 self._checkpoint_if_due(improved)
                 self._commit()
+            self._end_bar(log)
             self._close_out()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self._end_bar(log)  # before the resume hint: nothing is drawn after it
             self._keep_after_interrupt()
-            raise
+            raise exc if isinstance(exc, Terminated) else Interrupted from None
         except BaseException as exc:
+            self._end_bar(log)
             self._finish("failed", exc)
             raise
-        finally:
-            self.progress.close()
         self._finish("completed")
         return self.run
+
+    def _end_bar(self, log) -> None:
+        """Close the bar (its last state stays on screen, its line ended) and log plainly again."""
+        self.progress.close()
+        self.log = log
 
     def _start(self) -> None:
         """Record the start, save the starting state of a new run, agree on where the last

@@ -124,8 +124,8 @@ def test_a_trained_llama_run_evaluates_and_exports_through_the_cli(tmp_path):
     at_end = json.loads((run / "eval" / "heldout.json").read_text())
     evaluated = run_cli("eval", "latest", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
-    (record,) = json.loads(evaluated.stdout)
-    assert record["metrics"] == pytest.approx(at_end["metrics"], abs=1e-6)
+    records = {r["name"]: r for r in json.loads(evaluated.stdout)}  # val, then heldout
+    assert records["heldout"]["metrics"] == pytest.approx(at_end["metrics"], abs=1e-6)
 
     exported = run_cli("export", "latest", "--out", str(tmp_path / "hf"))
     assert exported.returncode == 0, exported.stderr

@@ -263,6 +263,9 @@ class Trainer:
             # the first periodic checkpoint (or a SIGKILL then) resumes from the start, exactly.
             self._save(capture_rng(self.batch_gen))
         self.last_eval_step = self.dist.from_main(self._last_eval_step)
+        # an evaluation at the last step scored the whole split (a run killed after it resumes
+        # there, and must not score it again)
+        self.last_eval_whole = self.last_eval_step == tc.max_steps
         self._deadline = (
             time.monotonic() + tc.max_minutes * 60 - self.elapsed if tc.max_minutes else None
         )

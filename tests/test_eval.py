@@ -128,6 +128,11 @@ def chat_runs(tmp_path, cli):
     return data, runs
 
 
+def _named(stdout: str) -> dict[str, dict]:
+    """`shoshin eval --json`'s records by name (a run's: val, then heldout, then the others)."""
+    return {r["name"]: r for r in json.loads(stdout)}
+
+
 @pytest.mark.slow
 def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     data, (a, b) = chat_runs
@@ -136,7 +141,7 @@ def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     assert at_end["command"] == ["train"] and at_end["checkpoint"] == "step-0000030"
     evaluated = cli("eval", a, "--json", env=ONE_THREAD)
     assert evaluated.returncode == 0, evaluated.stderr
-    (record,) = json.loads(evaluated.stdout)
+    record = _named(evaluated.stdout)["heldout"]  # after the whole-split "val" record
     assert record["metrics"] == pytest.approx(at_end["metrics"], abs=1e-6)  # the same numbers
     assert record["details"]["roles"]["assistant"]["tokens"] > 0
 
@@ -180,7 +185,7 @@ def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     cli("eval", a, "--against", b, "--prompts", "2", "--out", str(again), env=ONE_THREAD)
     assert again.read_text() == text  # seeded: the same replies
     itself = cli("eval", a, "--against", a, "--prompts", "1", "--json", env=ONE_THREAD)
-    (_, same) = json.loads(itself.stdout)
+    same = json.loads(itself.stdout)[-1]  # the pairwise record comes last
     assert (
         same["metrics"]["ties"] == same["metrics"]["replies"] and same["metrics"]["win_rate"] == 0.5
     )
@@ -195,7 +200,7 @@ def test_matrix_leaderboard_lists_the_eval_records(tmp_path, cli):
     board = (tmp_path / "m" / "leaderboard.md").read_text()
     assert "heldout.loss" in board and "heldout.bits_per_byte" in board
     result = cli("eval", cell.name, "--max-documents", "1", "--json", env=ONE_THREAD)
-    (record,) = json.loads(result.stdout)
+    record = _named(result.stdout)["heldout"]
     assert cli(*args, env=ONE_THREAD).returncode == 0  # finished cells are kept; board rewritten
     board = (tmp_path / "m" / "leaderboard.md").read_text()
     assert f"{record['metrics']['loss']:.4f}" in board

@@ -365,7 +365,10 @@ class Trainer:
         """After the loop: the whole validation split scored and the end state checkpointed (also
         after a stop by time budget), then the held-out documents scored (shoshin.evaluation)."""
         row: dict[str, float] = {}
-        scored = self.last_eval_step == self.step and self.last_eval_whole
+        # A run cut short at a step it already evaluated (reproduce --steps N) keeps that figure,
+        # as the run it reproduces recorded it there.
+        cut = self.step < self.config.train.max_steps and not self.stopped_on_budget
+        scored = self.last_eval_step == self.step and (self.last_eval_whole or cut)
         improved = not scored and self._evaluate_into(row, whole=True)
         self._write_row(row)
         if improved or self._latest_checkpoint_step() != self.step:

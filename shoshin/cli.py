@@ -19,6 +19,8 @@ from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError, Terminated, disk_error_line
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
+LINK_OPTION = "--group-link"  # how `train --seeds --parallel` tells a member its group
+
 
 def command_line(args: argparse.Namespace) -> list[str]:
     """The command as the user typed it (recorded in the run's manifest)."""
@@ -62,6 +64,8 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.seeds:
+        return _train_group(args)
     if args.nproc:
         from shoshin.training.distributed import launch
 
@@ -80,10 +84,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             resume(run, changes=changes)
         else:
-            train(config, root, command=command_line(args))
+            command = ["shoshin", *_without_option(args.argv, LINK_OPTION)]
+            train(config, root, command=command, manifest=_group_link(args))
     finally:
         shutdown()  # leave the torchrun process group, if there is one
     return 0
+
+
+def _train_group(args: argparse.Namespace) -> int:
+    """`train CONFIG --seeds N|S1,S2,... [--parallel [K]]`: one group of runs (experiments.seeds)."""
+    from shoshin.experiments.seeds import parse_seeds, train_group
+
+    if args.resume or args.nproc:
+        raise ShoshinError(
+            "--seeds trains a new group of runs; it cannot go with --resume or --nproc"
+        )
+    config, _ = config_from_args(args)
+    seeds = parse_seeds(args.seeds, config.train.seed)
+    parallel = len(seeds) if args.parallel == -1 else (args.parallel or 0)
+    if parallel < 0:
+        raise ShoshinError("--parallel K must be at least 1")
+    member_args = _without_option(args.argv, "--seeds")[1:]  # without the `train` itself
+    if "--parallel" in member_args:  # a bare flag, or with its count
+        at = member_args.index("--parallel")
+        count = at + 1 < len(member_args) and member_args[at + 1].isdigit()
+        del member_args[at : at + 1 + count]
+    group = train_group(config, seeds, runs_root(args.runs_dir), member_args, parallel)
+    left_out = group.left_out()
+    print(f"group {group.id}: {len(group.completed())} of {len(seeds)} runs completed")
+    for line in left_out:
+        print(f"  {line}")
+    return 1 if left_out else 0
+
+
+def _group_link(args: argparse.Namespace) -> dict | None:
+    """The group a parallel member belongs to (set by `--seeds ... --parallel`, not by users)."""
+    if not args.group_link:
+        return None
+    from shoshin.runs.record import GroupLink
+
+    return {"group": GroupLink(**json.loads(args.group_link))}
 
 
 RESUME_KEYS = ("train.max_steps", "train.max_minutes")  # the budget: what a resume may change
@@ -161,14 +201,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
     else:
         trained = any(s.kind in TRAINING_KINDS for s in summaries)
         print(format_runs(summaries, latest_run(root).id if trained else None))
+        from shoshin.runs.compare_view import format_groups
+        from shoshin.runs.groups import groups_in
+
+        groups = groups_in(root)
+        if groups:
+            print("\n" + format_groups(groups))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from shoshin.evaluation.record import read_records
+    from shoshin.runs.groups import Group, resolve_subject
     from shoshin.runs.report import format_show, show_json
 
-    run = resolve_run(args.run, runs_root(args.runs_dir))
+    run = resolve_subject(args.run, runs_root(args.runs_dir))
+    if isinstance(run, Group):
+        from shoshin.runs.compare_view import format_group, group_json
+
+        print(json.dumps(group_json(run), indent=2) if args.json else format_group(run))
+        return 0
     manifest, config, metrics = run.manifest, run.config, run.metrics()
     records = read_records(run.path)
     if args.json:
@@ -180,17 +232,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from shoshin.runs.compare import compare_runs
-    from shoshin.runs.report import format_compare, plot_runs
+    from shoshin.runs.compare_view import format_compare, plot_compare
+    from shoshin.runs.groups import resolve_subject
 
     root = runs_root(args.runs_dir)
-    runs = [resolve_run(ref, root) for ref in args.runs]
-    report = compare_runs(runs)
+    subjects = [resolve_subject(ref, root) for ref in args.runs]
+    report = compare_runs(subjects)
     if args.plot:
-        plot_runs(runs, args.plot)
+        plot_compare(subjects, report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_compare(report))
+        print(format_compare(report, verbose=args.verbose))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -213,18 +266,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ShoshinError(
             "reproduce takes one RUN (or --probe [CONFIG] [key=value ...]); see shoshin runs"
         )
+    from shoshin.runs.groups import Group, resolve_subject
+
     root = runs_root(args.runs_dir)
-    new, verdict = reproduce(
-        resolve_run(args.config, root),
-        root,
-        steps=args.steps,
-        force=args.force,
-        tolerance=args.tolerance,
-        command=command_line(args),
-    )
-    print(f"re-run: {new.id}")
-    print(verdict.line())
-    return 0 if verdict.ok else 1
+    subject = resolve_subject(args.config, root)
+    members = subject.runs if isinstance(subject, Group) else [subject]
+    ok = True
+    for run in members:  # a group: each member re-run and verified in turn
+        if len(members) > 1:
+            print(f"member {run.id} (seed {run.manifest.seed}):")
+        new, verdict = reproduce(
+            run,
+            root,
+            steps=args.steps,
+            force=args.force,
+            tolerance=args.tolerance,
+            command=command_line(args),
+        )
+        print(f"re-run: {new.id}")
+        print(verdict.line())
+        ok = ok and verdict.ok
+    return 0 if ok else 1
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -396,17 +458,64 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from shoshin.evaluation.evaluate import evaluate, load_subject
+    from shoshin.evaluation.evaluate import load_subject
 
     if args.limit is not None and args.limit <= 0:
         raise ShoshinError("--limit must be positive (a count, or a fraction below 1)")
     if args.max_documents < 1:
         raise ShoshinError("--max-documents must be at least 1")
-    subject = load_subject(args.run, args.checkpoint, args.runs_dir)
-    against = load_subject(args.against, "latest", args.runs_dir) if args.against else None
     tasks = [t.strip() for value in args.tasks for t in value.split(",") if t.strip()]
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    records = evaluate(
+    subjects, againsts = _eval_pairs(args)
+    records = []
+    for ref, against_ref in zip(subjects, againsts, strict=True):
+        if len(subjects) > 1:
+            log(f"== {ref}" + (f" against {against_ref}" if against_ref else ""))
+        subject = load_subject(ref, args.checkpoint, args.runs_dir)
+        against = load_subject(against_ref, "latest", args.runs_dir) if against_ref else None
+        records += _evaluate_one(args, subject, against, tasks, log)
+    if len(subjects) > 1:
+        from shoshin.runs.compare_view import format_eval_group
+
+        log(format_eval_group(records))
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in records], indent=2))
+    return 0
+
+
+def _eval_pairs(args: argparse.Namespace) -> tuple[list[str], list[str | None]]:
+    """What `eval` scores: a run (or checkpoint), or each member of a group; with --against,
+    what each is compared with (a group against a group: members paired in seed order)."""
+    from shoshin.runs.groups import Group, resolve_subject
+
+    def members(ref: str) -> list[str]:
+        if ref == "latest" or ("," not in ref and not ref.startswith("g-")):
+            return [ref]  # a run or a Hugging Face checkpoint: resolved as before
+        found = resolve_subject(ref, runs_root(args.runs_dir))
+        if isinstance(found, Group):
+            return [str(run.path) for run, _ in found.completed()] or [str(found.runs[0].path)]
+        return [ref]
+
+    subjects = members(args.run)
+    if not args.against:
+        return subjects, [None] * len(subjects)
+    againsts = members(args.against)
+    if len(againsts) == 1:
+        againsts = againsts * len(subjects)
+    if len(againsts) != len(subjects):
+        raise ShoshinError(
+            f"{args.run} has {len(subjects)} completed runs and {args.against} {len(againsts)}; "
+            "--against pairs them one to one: give groups of the same size, or one run"
+        )
+    return subjects, againsts
+
+
+def _evaluate_one(args, subject, against, tasks, log) -> list:
+    from shoshin.evaluation.evaluate import evaluate
+
+    return evaluate(
         subject,
         command_line(args),
         tasks=tasks,
@@ -423,11 +532,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out=args.out,
         log=log,
     )
-    if args.json:
-        from dataclasses import asdict
-
-        print(json.dumps([asdict(r) for r in records], indent=2))
-    return 0
 
 
 def cmd_bench_matrix(args: argparse.Namespace) -> int:
@@ -479,6 +583,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train with N processes on this machine (starts torchrun; data-parallel DDP)",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="N|S1,S2,...",
+        help="a group of runs that differ only in train.seed: N seeds from train.seed on, or "
+        "these seeds; compare groups with shoshin compare GROUP_A GROUP_B",
+    )
+    p.add_argument(
+        "--parallel",
+        nargs="?",
+        type=int,
+        const=-1,
+        metavar="K",
+        help="with --seeds: train the runs as processes at once (K at a time; default all), "
+        "the CPU threads split between them",
+    )
+    p.add_argument(LINK_OPTION, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -516,17 +636,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("show", parents=[common], help="show one run")
-    p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
+    p = sub.add_parser("show", parents=[common], help="show one run or seed group")
+    p.add_argument(
+        "run", metavar="RUN", help="run or group id, unique prefix, latest, or run directory"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
-        "compare", parents=[common], help="compare runs: config, code, data, environment, metrics"
+        "compare",
+        parents=[common],
+        help="compare runs or seed groups: which is better (with significance), then config, "
+        "code, data, environment",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more runs (id, prefix or path)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="two or more runs or seed groups (id, prefix or path; RUN1,RUN2,... is a group)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--plot", metavar="FILE.png", help="overlay the loss curves (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="learning curves (mean and min-max band per group) and final loss per run "
+        "(needs matplotlib: pip install 'shoshin[plot]')",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="list every environment and package difference"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

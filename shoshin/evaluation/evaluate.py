@@ -89,7 +89,11 @@ def heldout_documents(
 
 
 def heldout_record(
-    scores: HeldOutScores, source: str, checkpoint: str | None, command: Sequence[str]
+    scores: HeldOutScores,
+    source: str,
+    checkpoint: str | None,
+    command: Sequence[str],
+    errors: dict[str, float] | None = None,
 ) -> EvalRecord:
     return EvalRecord(
         name="heldout",
@@ -97,12 +101,14 @@ def heldout_record(
         metrics=scores.metrics(),
         checkpoint=checkpoint,
         command=list(command),
-        details={"data": source, **scores.to_dict()},
+        details={"data": source, **scores.to_dict(), "standard_errors": errors or {}},
     )
 
 
-def format_heldout(scores: HeldOutScores, source: str) -> str:
-    """The held-out scores as a few lines of text."""
+def format_heldout(
+    scores: HeldOutScores, source: str, errors: dict[str, float] | None = None
+) -> str:
+    """The held-out scores as a few lines of text (with `errors`: their standard errors)."""
     lines = [f"held-out: {source}"]
     rows = [["role", "loss", "ppl", "bits/byte", "tokens"]]
     for role, tally in sorted(scores.roles.items()):
@@ -122,6 +128,12 @@ def format_heldout(scores: HeldOutScores, source: str) -> str:
             lines.append(
                 f"  reply tokens: first {first['loss']:.4f}, later {later_text} (loss per token)"
             )
+    if errors:
+        parts = ", ".join(f"{k.replace('_', ' ')} ± {v:.4f}" for k, v in errors.items())
+        lines.append(
+            f"  standard errors ({scores.kind == 'chat' and 'assistant' or 'text'}; bootstrap "
+            f"over the {len(scores.per_document)} documents): {parts}"
+        )
     return "\n".join(lines)
 
 
@@ -173,8 +185,10 @@ def evaluate(
     elif has_data:
         docs, source = heldout_documents(subject, data, max_documents, max_tokens, log)
         scores = score_documents(subject.model, subject.tokenizer, docs)
-        log(format_heldout(scores, source))
-        records.append((heldout_record(scores, source, subject.checkpoint, command), None))
+        errors = scores.standard_errors()
+        log(format_heldout(scores, source, errors))
+        record = heldout_record(scores, source, subject.checkpoint, command, errors)
+        records.append((record, None))
     elif not tasks:
         raise ShoshinError(
             f"{subject.name} is not a run: give held-out data (--data FILE.jsonl) or --tasks"
@@ -236,7 +250,7 @@ def _task_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _pairwise(subject, against, data, limits, params, prompts, out, command, log):
-    from shoshin.evaluation.pairwise import Contestant, compare_pair, to_markdown
+    from shoshin.evaluation.pairwise import Contestant, compare_pair, interval_lines, to_markdown
     from shoshin.runs.files import atomic_write_text
 
     docs, source = heldout_documents(subject, data, *limits, log=log)
@@ -247,12 +261,15 @@ def _pairwise(subject, against, data, limits, params, prompts, out, command, log
         params,
         prompts,
     )
-    log(format_heldout(result.scores[0], source))
+    errors = result.scores[0].standard_errors()
+    log(format_heldout(result.scores[0], source, errors))
     log(
         f"pairwise: {subject.name} gives {result.wins} of {result.replies} reference replies the "
         f"higher likelihood, {against.name} {result.losses} ({result.ties} ties): "
         f"win rate {result.win_rate:.1%}"
     )
+    for line in interval_lines(result):
+        log(f"  {line}")
     markdown = to_markdown(result)
     name = f"pairwise.{against.name}"
     target = (
@@ -269,5 +286,5 @@ def _pairwise(subject, against, data, limits, params, prompts, out, command, log
         command=list(command),
         details={"data": source, "against_checkpoint": against.checkpoint, **result.details()},
     )
-    heldout = heldout_record(result.scores[0], source, subject.checkpoint, command)
+    heldout = heldout_record(result.scores[0], source, subject.checkpoint, command, errors)
     return [(heldout, None), (record, None)]

@@ -150,7 +150,7 @@ def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     report = json.loads(cli("compare", a, b, "--json").stdout)
     loss_a, loss_b = (m["eval"]["heldout.loss"] for m in report["metrics"])
     assert report["metrics"][1]["delta_eval"]["heldout.loss"] == pytest.approx(loss_b - loss_a)
-    assert f"({loss_b - loss_a:+.4f})" in line
+    assert f" {loss_b - loss_a:+.4f} " in line  # the result table's B - A column
 
     out = tmp_path / "pair.md"
     pair = cli("eval", a, "--against", b, "--prompts", "2", "--out", str(out), env=ONE_THREAD)

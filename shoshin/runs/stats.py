@@ -146,11 +146,18 @@ def seeds_to_detect(difference: float, sd_a: float, sd_b: float, limit: int = 10
         df = 2 * n - 2
         shift = effect * math.sqrt(n / 2)
         cut = stats.t.ppf(1 - ALPHA / 2, df)
-        return float(stats.nct.sf(cut, df, shift) + stats.nct.cdf(-cut, df, shift))
+        exact = float(stats.nct.sf(cut, df, shift) + stats.nct.cdf(-cut, df, shift))
+        if math.isfinite(exact):
+            return exact
+        # far in the tail the noncentral t is not computable, and the normal is exact enough
+        return float(stats.norm.sf(cut - shift) + stats.norm.cdf(-cut - shift))
 
-    if power(limit) < POWER:
-        return None
-    low, high = 2, limit  # power grows with n: bisect for the first n that reaches POWER
+    high = 2  # power grows with n: double until it is reached, then bisect
+    while power(high) < POWER:
+        if high >= limit:
+            return None
+        high = min(2 * high, limit)
+    low = max(2, high // 2)
     while low < high:
         mid = (low + high) // 2
         low, high = (low, mid) if power(mid) >= POWER else (mid + 1, high)

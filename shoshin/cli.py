@@ -548,6 +548,7 @@ def cmd_bench_matrix(args: argparse.Namespace) -> int:
         steps=args.steps or 0,
         minutes=args.minutes or 0.0,
         overrides=list(args.overrides),
+        seeds=args.seeds,
     )
     run_matrix(spec, Path(args.out), runs_root(args.runs_dir))
     return 0
@@ -856,6 +857,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=int, help="training steps per cell")
     budget.add_argument("--minutes", type=float, help="training minutes per cell")
     p.add_argument("--out", default="matrix", help="folder for the leaderboard and heatmap")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs per cell with seeds train.seed, +1, ...: cells show mean ± sd and the "
+        "leaderboard marks cells not significantly different from the leader as tied",
+    )
     add_config_arguments(p, config=False)
     p.set_defaults(func=cmd_bench_matrix)
     return parser

@@ -121,3 +121,30 @@ def test_interrupted_matrix_resumes_without_redoing_finished_cells(tmp_path, sha
     board = json.loads((tmp_path / "matrix" / "leaderboard.json").read_text())
     assert [c["run"] for c in board["cells"]] == [done["id"], cut["id"]]
     assert all(c["status"] == "completed" and c["steps"] == 12 for c in board["cells"])
+
+
+def test_seeded_matrix_shows_spread_and_ties_with_the_leader(tmp_path, shakespeare_like):
+    """Two architectures with the same config and seeds train the same runs (p = 1: tied); one
+    whose learning rate is 1e-6 cannot learn in 30 steps and is not tied."""
+    same = run_cli("config", "tiny")
+    (tmp_path / "same.yaml").write_text(same.stdout)
+    (tmp_path / "broken.yaml").write_text(same.stdout.replace("lr: 0.003", "lr: 1.0e-06"))
+    assert "lr: 1.0e-06" in (tmp_path / "broken.yaml").read_text()
+    result = run_cli(
+        "bench", "matrix", "--arch", f"tiny,{tmp_path / 'same.yaml'},{tmp_path / 'broken.yaml'}",
+        "--data", str(shakespeare_like), "--steps", "30", "--seeds", "3",
+        "--out", str(tmp_path / "matrix"), "model.block_size=32", "train.batch_size=4",
+        "train.eval_iters=2", "train.checkpoint_interval=0", "train.calibrate=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    board = json.loads((tmp_path / "matrix" / "leaderboard.json").read_text())
+    cells = {Path(c["arch"]).stem: c for c in board["cells"]}
+    assert all(c["seeds"] == 3 and len(c["val_losses"]) == 3 for c in cells.values())
+    assert cells["tiny"]["val_losses"] == cells["same"]["val_losses"]
+    leader = min(cells.values(), key=lambda c: c["val_loss"])
+    other = cells["same"] if leader is cells["tiny"] else cells["tiny"]
+    assert other["tied_with_leader"] and other["p_vs_leader"] == 1.0
+    assert not cells["broken"]["tied_with_leader"] and cells["broken"]["p_vs_leader"] < 0.01
+    markdown = (tmp_path / "matrix" / "leaderboard.md").read_text()
+    assert "| 2 (tied, p = 1.00) |" in markdown and " ± " in markdown
+    assert "| 3 | " in markdown and "g-matrix-" in markdown  # each cell's runs are a group

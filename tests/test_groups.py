@@ -21,7 +21,8 @@ from conftest import _shared_cache, run_cli, write_corpus
 from gitrepo import TINY
 
 from shoshin.runs.compare import compare_runs
-from shoshin.runs.compare_view import format_compare
+from shoshin.runs.compare_view import compare_figure, format_compare
+from shoshin.runs.groups import resolve_subject
 from shoshin.runs.record import read_metrics
 from shoshin.runs.store import Run
 
@@ -115,7 +116,8 @@ def test_a_broken_learning_rate_loses_with_p_below_001_as_scipy_computes_it(grou
     assert loss["a"]["sd"] == pytest.approx(scipy.stats.tstd(a))
     assert loss["verdict"].startswith("A is better by ") and "(95% CI, p " in loss["verdict"]
 
-    text = run_cli("compare", ids["A"], ids["C"]).stdout
+    text = run_cli("compare", ids["A"], ids["C"], "--plot", str(runs_dir / "ac.png")).stdout
+    assert (runs_dir / "ac.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = text.splitlines()
     assert lines[0].startswith(f"A  {ids['A']}") and lines[1].startswith(f"B  {ids['C']}")
     assert "result: B against A" in text and "final val loss: A is better by" in text
@@ -223,3 +225,27 @@ def test_compare_leads_with_the_result_and_folds_the_environment(trained_runs, t
     assert "pkg29" not in text and len(lines) < 40
     verbose = format_compare(report, verbose=True)
     assert "packages that differ:" in verbose and "pkg29" in verbose
+
+
+@pytest.mark.slow
+def test_the_plot_names_the_groups_and_the_verdict_and_bands_the_seeds(groups):
+    runs_dir, ids = groups
+    subjects = [resolve_subject(ids[k], runs_dir) for k in ("A", "C")]
+    report = compare_runs(subjects)
+    fig = compare_figure(subjects, report)
+    curves, finals = fig.axes
+    verdict = report["statistics"][0]["metrics"][0]["verdict"]
+    assert fig._suptitle.get_text() == f"A vs B: {verdict}"
+    assert [t.get_text() for t in curves.get_legend().get_texts()] == [
+        f"A: {ids['A']}",
+        f"B: {ids['C']}",
+    ]
+    a_runs = [Run(runs_dir / r) for r in report["subjects"][0]["runs"]]
+    curves_a = [[r["val_loss"] for r in run.metrics() if "val_loss" in r] for run in a_runs]
+    mean_line = curves.get_lines()[0].get_ydata()
+    assert list(mean_line) == pytest.approx([sum(v) / 3 for v in zip(*curves_a, strict=True)])
+    band = curves.collections[0].get_paths()[0].vertices[:, 1]  # the min-max band of A
+    assert min(band) == pytest.approx(min(min(c) for c in curves_a))
+    assert max(band) == pytest.approx(max(max(c) for c in curves_a))
+    points = finals.collections[0].get_offsets()[:, 1]  # one point per seed
+    assert sorted(points) == pytest.approx(sorted(_final_losses(runs_dir, [r.id for r in a_runs])))

@@ -176,6 +176,16 @@ def format_compare(report: dict[str, Any], verbose: bool = False) -> str:
 
 
 def plot_compare(subjects: list[Any], report: dict[str, Any], path: Path) -> None:
+    """Write compare_figure() as a PNG at `path`."""
+    plt = pyplot()
+    fig = compare_figure(subjects, report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare_figure(subjects: list[Any], report: dict[str, Any]) -> Any:
     """Learning curves per subject (mean line, min-max band over its runs) and, beside them, the
     final val loss of every run as points; the title names the subjects and the verdict."""
     import numpy as np
@@ -219,10 +229,7 @@ def plot_compare(subjects: list[Any], report: dict[str, Any], path: Path) -> Non
     )  # fmt: skip
     fig.suptitle(f"{' vs '.join(names)}: {verdict}" if verdict else " vs ".join(names), fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 # -- groups in `shoshin runs` and `shoshin show GROUP` ---------------------------------------

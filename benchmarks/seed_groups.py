@@ -1,8 +1,9 @@
 """The cost of a seed group: one run against `--seeds 3`, one after another and `--parallel`.
 
-    python benchmarks/seed_groups.py CORPUS [--seeds 3] [--threads 2] [key=value ...]
+    python benchmarks/seed_groups.py CORPUS [--preset P] [--seeds 3] [--threads 2] [key=value ...]
 
-Trains the shakespeare-char preset on CORPUS (e.g. tinyshakespeare.txt) three ways, side by side
+Trains a preset (default shakespeare-char) on CORPUS (e.g. tinyshakespeare.txt, or chitchat)
+three ways, side by side
 in one script, each command timed whole (process start, data, provenance, checkpoints included):
 a single run, a group of N seeds trained one after another, and the same group with --parallel
 (N processes, the threads split between them). Prints the wall times, their ratios to the single
@@ -35,24 +36,31 @@ def timed(args: list[str], runs_dir: Path, threads: int) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus")
+    parser.add_argument("--preset", default="shakespeare-char")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads in all, per command")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    base = ["train", "shakespeare-char", f"data.source={Path(args.corpus).resolve()}"]
+    args = parser.parse_intermixed_args()
+    corpus = args.corpus if args.corpus == "chitchat" else Path(args.corpus).resolve()
+    base = ["train", args.preset, f"data.source={corpus}"]
     base += ["train.sample_tokens=0", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="seed-groups-") as tmp:
         root = Path(tmp)
         timed([*base, "train.max_steps=1"], root / "warm", args.threads)  # tokenize once, cached
         single, _ = timed(base, root / "single", args.threads)
         seq, _ = timed([*base, "--seeds", str(args.seeds)], root / "seq", args.threads)
-        par, _ = timed([*base, "--seeds", str(args.seeds), "--parallel"], root / "par", args.threads)
+        par, _ = timed(
+            [*base, "--seeds", str(args.seeds), "--parallel"], root / "par", args.threads
+        )
         env = {**os.environ, "SHOSHIN_RUNS_DIR": str(root / "seq")}
         listed = subprocess.run(
             [sys.executable, "-m", "shoshin", "runs"], capture_output=True, text=True, env=env
         ).stdout
     group_row = next(line for line in listed.splitlines() if line.startswith("g-"))
-    print(f"threads in all: {args.threads}; overrides: {' '.join(args.overrides) or 'none'}")
+    print(
+        f"{args.preset} on {args.corpus}; threads in all: {args.threads}; overrides: "
+        f"{' '.join(args.overrides) or 'none'}"
+    )
     print("| command | wall time | x one run |")
     print("|---|---:|---:|")
     print(f"| one run | {single:.1f} s | 1.00 |")

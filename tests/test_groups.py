@@ -12,12 +12,11 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import scipy.stats
-from conftest import _shared_cache, run_cli, write_corpus
+from conftest import CTRL_C_IN_SECOND_RUN, _shared_cache, run_cli, write_corpus
 from gitrepo import TINY
 
 from shoshin.runs.compare import compare_runs
@@ -124,34 +123,10 @@ def test_a_broken_learning_rate_loses_with_p_below_001_as_scipy_computes_it(grou
     assert text.index("result:") < text.index("config (keys that differ)") < text.index("runs:")
 
 
-CTRL_C_IN_SECOND_MEMBER = textwrap.dedent(
-    """
-    # Runs `shoshin ARGS`, pressing Ctrl-C (KeyboardInterrupt) as the second member reaches step 5.
-    import sys
-
-    import shoshin.training.trainer as trainer
-    from shoshin.cli import main
-
-    real_lr_at = trainer.lr_at
-    seen = []
-
-    def lr_at(step, cfg):
-        if step == 5:
-            seen.append(step)
-            if len(seen) == 2:
-                raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    trainer.lr_at = lr_at
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
 @pytest.mark.slow
 def test_interrupted_and_missing_members_are_reported_not_averaged(tmp_path, shakespeare_like):
     script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C_IN_SECOND_MEMBER)
+    script.write_text(CTRL_C_IN_SECOND_RUN)
     args = ["train", "tiny", f"data.source={shakespeare_like}", *STEPS, "--seeds", "3"]
     cut = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
@@ -249,3 +224,18 @@ def test_the_plot_names_the_groups_and_the_verdict_and_bands_the_seeds(groups):
     assert max(band) == pytest.approx(max(max(c) for c in curves_a))
     points = finals.collections[0].get_offsets()[:, 1]  # one point per seed
     assert sorted(points) == pytest.approx(sorted(_final_losses(runs_dir, [r.id for r in a_runs])))
+
+
+@pytest.mark.slow
+def test_reproducing_a_group_re_runs_each_member(groups, monkeypatch):
+    runs_dir, ids = groups
+    monkeypatch.setenv("SHOSHIN_RUNS_DIR", str(runs_dir))
+    result = run_cli("reproduce", ids["C"], "--steps", "10")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    lines = result.stdout.splitlines()
+    members = [line.split()[1] for line in lines if line.startswith("member ")]
+    assert len(members) == 3 and len(set(members)) == 3
+    assert sum(line.startswith("REPRODUCED: 10 steps") for line in lines) == 3
+    for member in members:
+        manifest = json.loads((runs_dir / member / "manifest.json").read_text())
+        assert manifest["group"]["id"] == ids["C"] and len(manifest["reproductions"]) == 1

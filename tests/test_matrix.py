@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import CTRL_C_IN_SECOND_RUN, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,34 +70,10 @@ def test_two_by_two_matrix_writes_leaderboard_json_and_heatmap(tmp_path, shakesp
     assert len(list((tmp_path / "runs").iterdir())) == 4
 
 
-CTRL_C_IN_SECOND_CELL = textwrap.dedent(
-    """
-    # Runs `shoshin ARGS`, pressing Ctrl-C (KeyboardInterrupt) as the second cell starts step 6.
-    import sys
-
-    import shoshin.training.trainer as trainer
-    from shoshin.cli import main
-
-    real_lr_at = trainer.lr_at
-    cells_at_step_5 = []
-
-    def lr_at(step, cfg):
-        if step == 5:
-            cells_at_step_5.append(step)
-            if len(cells_at_step_5) == 2:
-                raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    trainer.lr_at = lr_at
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
 def test_interrupted_matrix_resumes_without_redoing_finished_cells(tmp_path, shakespeare_like):
     args = grid(tmp_path, shakespeare_like, steps=12, chat_too=False)  # 2 x 1 is enough here
     script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C_IN_SECOND_CELL)
+    script.write_text(CTRL_C_IN_SECOND_RUN)
     interrupted = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
     )

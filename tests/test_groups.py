@@ -68,6 +68,9 @@ def test_a_group_is_created_listed_and_shown(groups, monkeypatch):
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith(ids["A"]))
     assert "1337,1338,1339" in row and "3/3 completed" in row and "± " in row
+    rows = json.loads(run_cli("runs", "--json").stdout)
+    in_a = sorted(r["id"] for r in rows if r["group"] == ids["A"])
+    assert in_a == sorted(m["id"] for m in members)
 
     shown = run_cli("show", ids["A"][:12] if _unique_prefix(ids, "A", 12) else ids["A"])
     assert shown.returncode == 0, shown.stderr

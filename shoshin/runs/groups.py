@@ -109,6 +109,8 @@ def resolve_subject(ref: str, root: Path) -> Run | Group:
         if len({r.path.resolve() for r in runs}) < len(runs):
             raise ShoshinError(f"{ref} names the same run twice")
         group = _group(ref, [(r, r.manifest) for r in runs])
+        group.seeds = [m.seed for m in group.manifests]  # what was named, not a recorded plan
+        group.command = []
     else:
         found = find_group(ref, root)
         if found is None:

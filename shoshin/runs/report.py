@@ -90,6 +90,7 @@ class RunSummary:
     error: str | None = None
     duration_seconds: float | None = None
     start_time: str | None = None
+    group: str | None = None  # the seed group (train --seeds) the run belongs to
 
 
 def summarize(run: Run) -> RunSummary:
@@ -115,6 +116,7 @@ def summarize(run: Run) -> RunSummary:
         error=m.error,
         duration_seconds=m.elapsed_seconds,
         start_time=m.start_time,
+        group=m.group.id if m.group else None,
     )
 
 

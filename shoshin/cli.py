@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.data.text import clean_text
 from shoshin.errors import ShoshinError, Terminated, disk_error_line
+from shoshin.generation.params import SURFACE_DEFAULTS, SamplingParams, cli_options
 from shoshin.runs.store import all_runs, resolve_run, runs_root
 
 LINK_OPTION = "--group-link"  # how `train --seeds --parallel` tells a member its group
@@ -358,9 +359,7 @@ def _add_precision_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """One option per sampling field (shoshin.generation.sampling.SamplingParams declares them)."""
-    from shoshin.generation.sampling import cli_options
-
+    """One option per sampling field (shoshin.generation.params.SamplingParams declares them)."""
     for name, kind, default, help, metavar in cli_options():
         flag = "--" + name.replace("_", "-")
         if kind is dict:  # logit_bias: repeat --logit-bias ID:BIAS
@@ -379,9 +378,7 @@ def _logit_bias(text: str) -> tuple[int, float]:
         ) from None
 
 
-def _sampling_params(args: argparse.Namespace):
-    from shoshin.generation.sampling import SamplingParams, cli_options
-
+def _sampling_params(args: argparse.Namespace) -> SamplingParams:
     values = {name: getattr(args, name) for name, *_ in cli_options()}
     values["logit_bias"] = dict(args.logit_bias or [])
     return SamplingParams(**values).validate()
@@ -421,6 +418,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("SHOSHIN_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin),
     )
     app = load_app(
         args.run, config, args.checkpoint, args.runs_dir, args.dtype, args.quantize, args.device
@@ -711,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop before TEXT (repeatable)",
     )
     p.add_argument("--no-cache", action="store_true", help="use the naive reference path")
-    p.set_defaults(func=cmd_sample, max_new_tokens=200, temperature=0.8)
+    p.set_defaults(func=cmd_sample, **SURFACE_DEFAULTS["sample"])
 
     p = sub.add_parser("chat", parents=[common, generation], help="multi-turn chat in the terminal")
     p.add_argument(
@@ -723,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=clean_text,
         help="a system prompt, kept however long the chat gets",
     )
-    p.set_defaults(func=cmd_chat, max_new_tokens=256, temperature=0.8)
+    p.set_defaults(func=cmd_chat, **SURFACE_DEFAULTS["chat"])
 
     p = sub.add_parser(
         "serve", parents=[common], help="OpenAI-compatible HTTP API and web chat page"
@@ -748,6 +746,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API; repeatable; "
+        "`*` for any (default: none)",
+    )
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )
@@ -810,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     _add_sampling_options(p)
-    p.set_defaults(func=cmd_eval, max_new_tokens=64, temperature=0.8, top_k=50, seed=0)
+    p.set_defaults(func=cmd_eval, **SURFACE_DEFAULTS["eval"])
 
     p = sub.add_parser(
         "estimate", help="parameters, FLOPs, memory and predicted time before training"

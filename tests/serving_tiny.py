@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from shoshin.config import ModelConfig
 from shoshin.data.chat import render_chat
@@ -83,3 +85,19 @@ def sharp_chat_model(arch: str = "gpt"):
             if p.dim() >= 2:
                 p.normal_(0.0, 0.5)
     return model, tok
+
+
+def trained_tiny_run(runs: Path, *overrides: str, steps: int = 10) -> str:
+    """The id of a `tiny` run that `shoshin train` trained for `steps` steps (into `runs`)."""
+    trained = run_cli(
+        "train",
+        "tiny",
+        f"train.max_steps={steps}",
+        f"train.eval_interval={steps}",
+        "train.sample_tokens=0",
+        "train.calibrate=false",
+        *overrides,
+        env={"OMP_NUM_THREADS": "1"},  # a tiny model on a busy machine
+    )
+    assert trained.returncode == 0, trained.stderr
+    return next(runs.iterdir()).name

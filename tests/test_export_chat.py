@@ -127,8 +127,8 @@ def test_transformers_generate_stops_where_shoshin_stops(chat_export):
             assert _sample(run, runs, messages[0]["content"], MAX_NEW) == tok.decode(reply)
     assert stopped == len(CONVERSATIONS), "the run should have learned to end its replies"
 
-    with pytest.raises(Exception, match="the roles are system, user and assistant, not tool"):
-        hf_tok.apply_chat_template([{"role": "tool", "content": "42"}], tokenize=False)
+    with pytest.raises(Exception, match="system, user, assistant and tool, not function"):
+        hf_tok.apply_chat_template([{"role": "function", "content": "42"}], tokenize=False)
 
 
 def _readme_snippet() -> str:

@@ -15,7 +15,12 @@ import httpx
 import openai
 import pytest
 from conftest import run_cli
-from serving_tiny import endless_model, one_torch_thread, tiny_chat_model  # noqa: F401
+from serving_tiny import (  # noqa: F401
+    endless_model,
+    one_torch_thread,
+    tiny_chat_model,
+    trained_tiny_run,
+)
 
 from shoshin.data.chat import render_chat
 from shoshin.generation import SamplingParams
@@ -390,18 +395,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_shoshin_serve_cli_on_a_trained_run(tmp_path):
-    one_thread = {"OMP_NUM_THREADS": "1"}  # a tiny model on a busy machine
-    trained = run_cli(
-        "train",
-        "tiny",
-        "train.max_steps=10",
-        "train.eval_interval=10",
-        "train.sample_tokens=0",
-        "train.calibrate=false",
-        env=one_thread,
-    )
-    assert trained.returncode == 0, trained.stderr
-    run_id = next((tmp_path / "runs").iterdir()).name
+    run_id = trained_tiny_run(tmp_path / "runs")
     port = _free_port()
     server = subprocess.Popen(
         [

@@ -196,8 +196,8 @@ def test_prompt_forms_and_bad_token_ids(sharp):
     assert [c["index"] for c in many] == [0, 1] and many[0]["text"] == one[0]["text"]
     for bad, words in (
         ({"prompt": [tok.vocab_size + 5]}, "not in the vocabulary"),
-        ({"prompt": []}, "empty"),
-        ({"prompt": [[]]}, "at least one"),
+        ({"prompt": []}, "prompt: must not be empty"),
+        ({"prompt": [[]]}, "prompt.0: must not be empty"),
         ({"prompt": "a", "logprobs": 50}, "logprobs"),
         ({"prompt": "a", "logit_bias": {"x": 1}}, "logit_bias"),
         ({"prompt": "a", "logit_bias": {str(tok.vocab_size): 1}}, "vocabulary"),

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoshin.data.chat import plain_messages
 from shoshin.data.text import BOM, clean_text, decode_utf8
 from shoshin.errors import ShoshinError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -109,30 +110,58 @@ def _load_chat_jsonl(path: Path) -> Corpus:
         except json.JSONDecodeError as exc:
             raise ShoshinError(f"{where}: malformed JSON ({exc.msg})") from None
         messages = record.get("messages") if isinstance(record, dict) else None
-        conversations.append(_conversation(messages, where))
+        tools = record.get("tools") if isinstance(record, dict) else None
+        conversations.append(_conversation(messages, where, tools))
     if not conversations:
         raise ShoshinError(f"corpus {path} is empty")
     return Corpus("chat", conversations, hashlib.sha256(data).hexdigest(), str(path))
 
 
-def _conversation(messages: Any, where: str) -> Conversation:
-    """A checked list of OpenAI-format messages (only role and content are kept)."""
+def _conversation(messages: Any, where: str, tools: Any = None) -> Conversation:
+    """A checked list of OpenAI-format messages as role and content, tool calls, tool results and
+    the tools on offer rendered into the content (shoshin.data.chat.plain_messages)."""
     if not isinstance(messages, list) or not messages:
         raise ShoshinError(
             f'{where}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
         )
+    if tools is not None and not (isinstance(tools, list) and all(_is_tool(t) for t in tools)):
+        raise ShoshinError(
+            f'{where}: "tools" must be a list of {{"type": "function", "function": {{"name": ...}}}}'
+        )
     conversation = []
     for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or not (
+            isinstance(message.get("content"), str) or (calls and message.get("content") is None)
+        ):
             raise ShoshinError(f"{where}: each message needs a string 'content'")
         role = message.get("role")
         if role not in ROLES:
             raise ShoshinError(
                 f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})"
             )
+        if calls is not None and (role != "assistant" or not _are_calls(calls)):
+            raise ShoshinError(
+                f"{where}: tool_calls belong to assistant messages, each "
+                '{"function": {"name": ..., "arguments": "JSON text"}}'
+            )
         # JSON may escape a lone surrogate ("\ud800"), which is no character: U+FFFD stands in.
-        conversation.append({"role": role, "content": clean_text(message["content"])})
-    return conversation
+        content = clean_text(message.get("content") or "")
+        conversation.append(
+            {"role": role, "content": content, **({"tool_calls": calls} if calls else {})}
+        )
+    return plain_messages(conversation, tools)
+
+
+def _is_tool(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _are_calls(calls: Any) -> bool:
+    return isinstance(calls, list) and all(
+        _is_tool(c) and isinstance(c["function"].get("arguments"), (str, dict)) for c in calls
+    )
 
 
 def _load_hf(source: str, split: str, column: str, revision: str) -> Corpus:

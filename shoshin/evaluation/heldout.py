@@ -27,7 +27,7 @@ from shoshin.data.chat import ROLE_TOKENS, is_chat_tokenizer, render_chat
 from shoshin.data.tokenizers import END, EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.engine import Engine
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 
 # Scored by default (the first validation documents up to both limits): seconds on a CPU for a
 # small model, so that training can end with them.

@@ -22,7 +22,7 @@ from shoshin.errors import ShoshinError
 from shoshin.evaluation.heldout import HeldOutScores, score_documents
 from shoshin.generation.chat import ChatSession
 from shoshin.generation.engine import Engine
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 from shoshin.runs.stats import Interval, bootstrap
 
 PROMPTS = 20  # conversations whose first reply both models write, by default

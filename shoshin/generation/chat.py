@@ -19,7 +19,7 @@ from shoshin.data.chat import ROLE_TOKENS, is_chat_tokenizer, stop_token_ids
 from shoshin.data.tokenizers import ASSISTANT, END, EOT, Tokenizer
 from shoshin.errors import Terminated
 from shoshin.generation.engine import Engine
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams, surface_defaults
 from shoshin.generation.streaming import TextStream
 
 
@@ -149,7 +149,7 @@ class ChatSession:
     ):
         self.engine, self.tokenizer = engine, tokenizer
         self.template = template or chat_template(tokenizer)
-        self.params = params or SamplingParams(max_new_tokens=256, temperature=0.8, top_k=50)
+        self.params = params or surface_defaults("chat")
         self.system = system
         self.turns: list[
             dict

@@ -30,8 +30,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
+from shoshin.errors import ShoshinError
+from shoshin.generation.params import SamplingParams
 from shoshin.generation.sampling import (
-    SamplingParams,
     TokenHistory,
     ends_with_stop,
     make_generator,
@@ -70,6 +71,7 @@ class Generation:
         self.prompt_logprobs: list[TokenLogprob | None] = []
         self.finish_reason: str | None = None
         self.logits: torch.Tensor | None = None  # (vocab,): the next token's, once prefilled
+        self.constraint = None  # a generation.constraints.RowConstraint when params.grammar is set
 
     @property
     def tokens(self) -> list[int]:
@@ -152,6 +154,7 @@ class Batch:
             [g.params for g in gens],
             [g.history for g in gens],
             [g.generator for g in gens],
+            self._allowed(gens),
         ).tolist()
         want = [i for i, g in enumerate(gens) if g.params.logprobs is not None]
         if want:
@@ -165,8 +168,12 @@ class Batch:
             g.history.ids.append(token)
             g.logits = None
             out.append((b, token))
+            if g.constraint is not None:
+                g.constraint.advance(token)
             if ends_with_stop(g.tokens, g.stop_ids, g.params.stop_sequences):
                 self._finish(b, "stop")
+            elif g.constraint is not None and g.constraint.done:
+                self._finish(b, "stop")  # the grammar is complete and allows nothing more
             elif len(g.tokens) >= g.params.max_new_tokens:
                 self._finish(b, "length")
         return out
@@ -199,6 +206,12 @@ class Batch:
                 self.cache.reset(b)
             else:
                 self.rows[b].logits = logits[b]
+
+    def _allowed(self, gens: list[Generation]) -> torch.Tensor | None:
+        """The (rows, vocab) mask of the tokens the rows' grammars allow (None: no grammar)."""
+        if self.engine.constraints is None:
+            return None
+        return self.engine.constraints.allowed([g.constraint for g in gens])
 
     def _finish(self, b: int, reason: str) -> None:
         self.rows[b].finish_reason = reason
@@ -286,11 +299,13 @@ class Engine:
     """Generates from a model on token ids: prefill once, then one token per row per step.
 
     The model declares what generation needs to know: `context_window` (its position limit, or
-    None for a recurrent model) and `right_padding_safe`.
+    None for a recurrent model) and `right_padding_safe`. `constraints` (a
+    generation.constraints.Constraints of the model's vocabulary) lets generations carry a grammar.
     """
 
-    def __init__(self, model: nn.Module, overflow_keep: int | None = None):
+    def __init__(self, model: nn.Module, overflow_keep: int | None = None, constraints=None):
         self.model = model
+        self.constraints = constraints
         self.window: int | None = model.context_window
         self.keep = 0
         if self.window is not None:
@@ -310,8 +325,17 @@ class Engine:
         return Batch(self, cache if cache is not None else self.new_cache(rows, max_len))
 
     def generation(self, prompt: Sequence[int], params: SamplingParams) -> Generation:
-        """A Generation of `prompt` ready to join a batch (its parameters checked)."""
-        return Generation(prompt, params.validate(self.vocab_size))
+        """A Generation of `prompt` ready to join a batch (its parameters checked, its grammar
+        compiled: a grammar that cannot be enforced is a ShoshinError)."""
+        generation = Generation(prompt, params.validate(self.vocab_size))
+        if params.grammar is not None:
+            if self.constraints is None:
+                raise ShoshinError(
+                    "this engine was made without a vocabulary for grammars; "
+                    "pass Engine(model, constraints=Constraints(tokenizer))"
+                )
+            generation.constraint = self.constraints.start(params.grammar, params.stop_ids)
+        return generation
 
     def run(self, generations: Sequence[Generation], cache=None) -> Iterator[list[int | None]]:
         """Generate every generation to its end, one row each; yield each step's new tokens (None for

@@ -12,7 +12,8 @@ from shoshin.data.tokenizers import EOT, Tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.generation.chat import chat_template
 from shoshin.generation.engine import Engine
-from shoshin.generation.sampling import SamplingParams, naive_generate
+from shoshin.generation.params import SamplingParams
+from shoshin.generation.sampling import naive_generate
 from shoshin.generation.streaming import ReplyText, TextStream
 
 

@@ -1,141 +1,23 @@
-"""Choosing the next token: the sampling parameters, the one sampling function, and the naive
-reference generator.
+"""Choosing the next token: the one sampling function, and the naive reference generator.
 
-`SamplingParams` is the one value that the CLI, the Python API and the HTTP server fill (the CLI's
-options are generated from its fields). `sample_next` reads it, with the logits, the tokens so far
-and the row's own `torch.Generator`; every surface samples through it. `naive_generate` re-runs the
+`SamplingParams` (declared in `shoshin/generation/params.py`) is the one value that the CLI, the
+Python API and the HTTP server fill. `sample_next` reads it, with the logits, the tokens so far and
+the row's own `torch.Generator`; every surface samples through it. `naive_generate` re-runs the
 model on the whole prefix at every step: the reference the fast engine is tested against.
 
-Adding a sampling option touches three places: a field here (with its `help`), `sample_next`, and the
-HTTP request schema (`shoshin/serving/schemas.py`).
+Adding a sampling option touches two places: its declaration in `params.py` and `sample_next`.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from shoshin.errors import ShoshinError
-
-MAX_LOGPROBS = 20  # top alternatives per position, at most (OpenAI allows 20)
-
-
-def _option(default, help: str, **extra):
-    """A sampling field that the CLI offers as `--name-with-dashes` (see cli_options)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=type(default), metadata={"help": help, "cli": True, **extra})
-    return field(default=default, metadata={"help": help, "cli": True, **extra})
-
-
-@dataclass
-class SamplingParams:
-    """How to pick tokens and when to stop. temperature 0 means greedy (argmax).
-
-    Penalties and logit_bias change the logits before anything else, so they also steer greedy
-    decoding; temperature, top_k, top_p and min_p shape the distribution that is then sampled.
-    """
-
-    max_new_tokens: int = _option(256, "tokens to generate at most (0: none)")
-    temperature: float = _option(1.0, "softmax temperature; 0 is greedy")
-    top_k: int | None = _option(None, "sample among the K most likely tokens only")
-    top_p: float | None = _option(None, "nucleus: the most likely tokens that cover P of the mass")
-    min_p: float | None = _option(None, "drop tokens less likely than P x the most likely one")
-    frequency_penalty: float = _option(
-        0.0, "-2..2: lower each token's logit by this x its count in the reply so far (OpenAI)"
-    )
-    presence_penalty: float = _option(
-        0.0, "-2..2: lower the logit of every token already in the reply by this (OpenAI)"
-    )
-    repetition_penalty: float = _option(
-        1.0,
-        ">0: divide positive / multiply negative logits of tokens seen in prompt or reply (CTRL)",
-    )
-    logit_bias: Mapping[int, float] = _option(
-        {}, "token id -> bias in -100..100, added to its logit (OpenAI)", metavar="ID:BIAS"
-    )
-    seed: int | None = _option(
-        None, "seed of this generation's torch.Generator (same seed, same text)"
-    )
-    stop_ids: Sequence[int] = ()  # a generation ends after any of these tokens (kept in its tokens)
-    stop_sequences: Sequence[Sequence[int]] = ()  # ... or after any of these runs of tokens
-    logprobs: int | None = None  # per new token: its log-probability and this many top alternatives
-    prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
-
-    def validate(self, vocab_size: int | None = None) -> SamplingParams:
-        """Check every value; a bad one is a ShoshinError naming it. Returns self."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ShoshinError(f"{f.name} must be a finite number, got {value}")
-        if self.max_new_tokens < 0:
-            raise ShoshinError(f"max_new_tokens must not be negative, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ShoshinError(
-                f"temperature must be 0 (greedy) or positive, got {self.temperature}"
-            )
-        if self.top_k is not None and self.top_k < 1:
-            raise ShoshinError(f"top_k must be at least 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ShoshinError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ShoshinError(f"min_p must be in [0, 1], got {self.min_p}")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if not -2.0 <= getattr(self, name) <= 2.0:
-                raise ShoshinError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.repetition_penalty <= 0:
-            raise ShoshinError(
-                f"repetition_penalty must be positive (1 is off), got {self.repetition_penalty}"
-            )
-        for token, bias in self.logit_bias.items():
-            if not -100.0 <= bias <= 100.0 or not math.isfinite(bias):
-                raise ShoshinError(
-                    f"logit_bias for token {token} must be in [-100, 100], got {bias}"
-                )
-            if token < 0 or (vocab_size is not None and token >= vocab_size):
-                raise ShoshinError(
-                    f"logit_bias names token {token}, which is not in the vocabulary"
-                    + (f" (0..{vocab_size - 1})" if vocab_size else "")
-                )
-        for name in ("logprobs", "prompt_logprobs"):
-            n = getattr(self, name)
-            if n is not None and not 0 <= n <= MAX_LOGPROBS:
-                raise ShoshinError(f"{name} must be in [0, {MAX_LOGPROBS}], got {n}")
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def penalised(self) -> bool:
-        """True when the choice depends on the tokens so far."""
-        return bool(
-            self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0
-        )
-
-
-def cli_options() -> list[tuple[str, type, object, str, str | None]]:
-    """(name, value type, default, help, metavar) of every field the CLI offers, in declaration
-    order; the value type of an optional field is its non-None type, of a mapping `dict`."""
-    hints = typing.get_type_hints(SamplingParams)
-    out = []
-    for f in fields(SamplingParams):
-        if f.metadata.get("cli"):
-            kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
-            kind = (
-                dict
-                if typing.get_origin(hints[f.name]) is Mapping
-                else (kinds or [hints[f.name]])[0]
-            )
-            default = None if f.default is MISSING else f.default
-            out.append((f.name, kind, default, f.metadata["help"], f.metadata.get("metavar")))
-    return out
+from shoshin.generation.params import SamplingParams
 
 
 @dataclass
@@ -155,11 +37,14 @@ def sample_next(
     params: Sequence[SamplingParams],
     histories: Sequence[TokenHistory],
     generators: Sequence[torch.Generator | None],
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The next token (B,) for each row of logits (B, vocab), each row with its own parameters,
     history and generator, so that a row's choice never depends on the other rows of the batch.
 
-    Order: logit_bias and the penalties, then greedy rows take the argmax; the others are divided
+    Order: logit_bias and the penalties, then `allowed` (B, vocab) bool, when given, sets every
+    token a row may not choose to -inf (rows' grammars, see generation.constraints), then greedy
+    rows take the argmax; the others are divided
     by their temperature, cut by top_k, top_p and min_p, and drawn by inverse transform sampling
     with one uniform number from their own generator. Rows are computed together (no Python
     loop over the vocabulary), except the per-row options that need one.
@@ -175,6 +60,8 @@ def sample_next(
             x[b].index_add_(0, ids, bias)
         if p.penalised:
             _penalise(x[b], p, history)
+    if allowed is not None:
+        x = x.masked_fill(~allowed.to(x.device), float("-inf"))
     tokens = torch.zeros(B, dtype=torch.long, device=x.device)
     greedy = [b for b, p in enumerate(params) if p.greedy]
     sampled = [b for b, p in enumerate(params) if not p.greedy]
@@ -294,17 +181,22 @@ def naive_generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     logits_out: list[torch.Tensor] | None = None,
+    constraints=None,
 ) -> list[int]:
     """New token ids continuing `prompt_ids`, re-running the model on the whole prefix at every step.
 
     The reference the engine is held to: a model with a window (a GPT) sees the last
     `context_window` tokens, so its window slides by one token; a recurrent model sees everything.
-    Stops after a stop token or stop sequence (kept in the output). With `logits_out`, each step's
-    raw next-token logits (1, vocab) are appended to it.
+    Stops after a stop token or stop sequence (kept in the output), or where params.grammar (which
+    needs `constraints`, a generation.constraints.Constraints) is complete. With `logits_out`,
+    each step's raw next-token logits (1, vocab) are appended to it.
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must hold at least one token")
     params.validate()
+    if params.grammar is not None and constraints is None:
+        raise ValueError("a grammar needs `constraints` (the vocabulary's Constraints)")
+    constraint = constraints.start(params.grammar, params.stop_ids) if params.grammar else None
     device = next(model.parameters()).device
     generator = make_generator(params.seed)
     was_training = model.training
@@ -318,9 +210,14 @@ def naive_generate(
             logits = model(torch.tensor([context], dtype=torch.long, device=device))[:, -1, :]
             if logits_out is not None:
                 logits_out.append(logits)
-            token = int(sample_next(logits, [params], [history], [generator])[0])
+            allowed = constraints.allowed([constraint]) if constraint else None
+            token = int(sample_next(logits, [params], [history], [generator], allowed)[0])
             history.ids.append(token)
+            if constraint is not None:
+                constraint.advance(token)
             if ends_with_stop(history.generated, stops, params.stop_sequences):
+                break
+            if constraint is not None and constraint.done:
                 break
     finally:
         model.train(was_training)

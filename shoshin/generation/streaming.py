@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from shoshin.data.tokenizers import Tokenizer
 from shoshin.generation.engine import Engine
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 
 REPLACEMENT = "\ufffd"
 

@@ -24,7 +24,15 @@ import torch
 from safetensors.torch import save_file
 
 from shoshin.config import Config
-from shoshin.data.chat import is_chat_tokenizer, stop_token_ids
+from shoshin.data.chat import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    RESULT_CLOSE,
+    RESULT_OPEN,
+    TOOLS_HEADER,
+    is_chat_tokenizer,
+    stop_token_ids,
+)
 from shoshin.data.tokenizers import END, EOT, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.interop.hf import shoshin_to_hf
@@ -33,16 +41,41 @@ from shoshin.models import GPT
 from shoshin.runs.store import Run
 from shoshin.training.checkpoint import checkpoint_path
 
-# shoshin.data.chat.render_chat in Jinja, for transformers' apply_chat_template (tests hold the two
-# to the same ids). A role without a token is an error, as in shoshin, not text that looks like one.
+# shoshin.data.chat.plain_messages then render_chat, in Jinja, for transformers'
+# apply_chat_template (tests hold the two to the same ids): tools offered after the system
+# message, assistant tool calls and `tool` results as the text shoshin.data.chat documents. A role
+# without a token is an error, as in shoshin, not text that looks like one.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('the roles are system, user and assistant, not ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    "{%- set header = " + json.dumps(TOOLS_HEADER) + " -%}"
+    "{%- set ns = namespace(tools='') -%}"
+    "{%- for tool in tools or [] -%}"
+    "{%- set ns.tools = ns.tools + ((tool.function if tool.function is defined else tool)|tojson)"
+    " + '\\n' -%}"
+    "{%- endfor -%}"
+    "{%- if tools and (not messages or messages[0]['role'] != 'system') -%}"
+    "{{ '<|system|>' + header + ns.tools + '<|end|>' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{ raise_exception('the roles are system, user, assistant and tool, not ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{{ '<|user|>" + RESULT_OPEN + "' + message['content'] + '" + RESULT_CLOSE + "<|end|>' }}"
+    "{%- else -%}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') }}"
+    "{%- if loop.first and message['role'] == 'system' and tools -%}"
+    "{{ '\\n\\n' + header + ns.tools }}"
+    "{%- endif -%}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{%- set args = call['function']['arguments'] -%}"
+    "{{ '\\n' if message['content'] or not loop.first else '' }}"
+    "{{ '" + CALL_OPEN + "{\"name\": ' + call['function']['name']|tojson + ', \"arguments\": ' }}"
+    "{{ args if args is string else args|tojson }}{{ '}" + CALL_CLOSE + "' }}"
+    "{%- endfor -%}"
+    "{{ '<|end|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.47 looks for it
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch.nn as nn
 
 from shoshin.generation.engine import Engine, Generation, TokenLogprob
-from shoshin.generation.sampling import SamplingParams
+from shoshin.generation.params import SamplingParams
 
 log = logging.getLogger(__name__)
 

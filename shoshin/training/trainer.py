@@ -35,8 +35,8 @@ from shoshin.data.dataset import PreparedData, check_fits, eval_batches, prepare
 from shoshin.data.tokenizers import BPE_FILE, BpeTokenizer, load_tokenizer
 from shoshin.errors import ShoshinError
 from shoshin.evaluation.evaluate import heldout_at_end_of_training
+from shoshin.generation.params import surface_defaults
 from shoshin.generation.sample import sample_text
-from shoshin.generation.sampling import SamplingParams
 from shoshin.interop.hf import Pretrained, load_recorded_base
 from shoshin.models import build_model, count_parameters, count_trainable
 from shoshin.models import lora as lora_adapters
@@ -572,7 +572,7 @@ class Trainer:
         chat = is_chat_tokenizer(tok)
         if chat:
             prompt = prompt or "Hi! How are you?"
-        params = SamplingParams(max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+        params = surface_defaults("training", max_new_tokens=max_new_tokens, seed=seed)
         text = "".join(sample_text(self.model, tok, prompt, params))
         return f"user: {prompt}\nassistant: {text}" if chat else prompt + text
 

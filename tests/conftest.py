@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,28 @@ def tiny_bpe_run(tmp_path_factory) -> Path:
 def copy_run(run: Path, runs_dir: Path) -> Path:
     """A copy of `run` under `runs_dir`, to damage without touching the original."""
     return Path(shutil.copytree(run, runs_dir / run.name))
+
+
+CTRL_C_IN_SECOND_RUN = textwrap.dedent(
+    """
+    # Runs `shoshin ARGS`, pressing Ctrl-C (KeyboardInterrupt) as the second run trained in this
+    # process starts step 6 (a matrix's second cell, a group's second member).
+    import sys
+
+    import shoshin.training.trainer as trainer
+    from shoshin.cli import main
+
+    real_lr_at = trainer.lr_at
+    cells_at_step_5 = []
+
+    def lr_at(step, cfg):
+        if step == 5:
+            cells_at_step_5.append(step)
+            if len(cells_at_step_5) == 2:
+                raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    trainer.lr_at = lr_at
+    sys.exit(main(sys.argv[1:]))
+    """
+)

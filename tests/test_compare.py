@@ -10,7 +10,7 @@ from gitrepo import TINY, shoshin_copy
 
 from shoshin.errors import ShoshinError
 from shoshin.runs.compare import compare_runs
-from shoshin.runs.report import format_compare
+from shoshin.runs.compare_view import format_compare
 from shoshin.runs.store import Run
 
 

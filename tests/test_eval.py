@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hf_tiny import make_gpt2, write_chat
@@ -155,7 +156,7 @@ def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     report = json.loads(cli("compare", a, b, "--json").stdout)
     loss_a, loss_b = (m["eval"]["heldout.loss"] for m in report["metrics"])
     assert report["metrics"][1]["delta_eval"]["heldout.loss"] == pytest.approx(loss_b - loss_a)
-    assert f"({loss_b - loss_a:+.4f})" in line
+    assert f" {loss_b - loss_a:+.4f} " in line  # the result table's B - A column
 
     out = tmp_path / "pair.md"
     pair = cli("eval", a, "--against", b, "--prompts", "2", "--out", str(out), env=ONE_THREAD)
@@ -178,6 +179,25 @@ def test_eval_records_show_compare_and_pairwise(chat_runs, cli, tmp_path):
     ]
     assert m["replies"] == len(pairs) and m["wins"] == sum(x > y for x, y in pairs)
     assert m["win_rate"] == pytest.approx((m["wins"] + 0.5 * m["ties"]) / m["replies"])
+    # the paired intervals resample whole conversations: held to a bootstrap computed here
+    paired = {k: np.array(v) for k, v in record["details"]["per_conversation"].items()}
+    assert paired["a_bits"].sum() == pytest.approx(-sum(x for x, _ in pairs) / math.log(2))
+    assert paired["b_bits"].sum() == pytest.approx(-sum(y for _, y in pairs) / math.log(2))
+    saved = (paired["b_bits"].sum() - paired["a_bits"].sum()) / paired["bytes"].sum()
+    intervals = record["details"]["intervals"]
+    assert intervals["bits_per_byte_saved"]["value"] == pytest.approx(saved)
+    assert m["bits_per_byte_saved"] == pytest.approx(saved)
+    assert intervals["win_rate"]["value"] == pytest.approx(m["win_rate"])
+    n = len(paired["bytes"])
+    picks = np.random.default_rng(1).integers(0, n, (20_000, n))
+    resampled = (paired["b_bits"][picks].sum(1) - paired["a_bits"][picks].sum(1)) / paired["bytes"][
+        picks
+    ].sum(1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    got = intervals["bits_per_byte_saved"]
+    assert got["low"] == pytest.approx(low, abs=0.15 * (high - low))
+    assert got["high"] == pytest.approx(high, abs=0.15 * (high - low))
+    assert "paired bootstrap interval" in pair.stdout and "win rate of" in pair.stdout
     text = out.read_text()
     assert f"# {a} vs {b}" in text and text.count("**reference reply**") == 2
     assert f"**{a}**" in text and f"**{b}**" in text

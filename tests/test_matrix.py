@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import CTRL_C_IN_SECOND_RUN, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,34 +70,10 @@ def test_two_by_two_matrix_writes_leaderboard_json_and_heatmap(tmp_path, shakesp
     assert len(list((tmp_path / "runs").iterdir())) == 4
 
 
-CTRL_C_IN_SECOND_CELL = textwrap.dedent(
-    """
-    # Runs `shoshin ARGS`, pressing Ctrl-C (KeyboardInterrupt) as the second cell starts step 6.
-    import sys
-
-    import shoshin.training.trainer as trainer
-    from shoshin.cli import main
-
-    real_lr_at = trainer.lr_at
-    cells_at_step_5 = []
-
-    def lr_at(step, cfg):
-        if step == 5:
-            cells_at_step_5.append(step)
-            if len(cells_at_step_5) == 2:
-                raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    trainer.lr_at = lr_at
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
 def test_interrupted_matrix_resumes_without_redoing_finished_cells(tmp_path, shakespeare_like):
     args = grid(tmp_path, shakespeare_like, steps=12, chat_too=False)  # 2 x 1 is enough here
     script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C_IN_SECOND_CELL)
+    script.write_text(CTRL_C_IN_SECOND_RUN)
     interrupted = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
     )
@@ -121,3 +96,30 @@ def test_interrupted_matrix_resumes_without_redoing_finished_cells(tmp_path, sha
     board = json.loads((tmp_path / "matrix" / "leaderboard.json").read_text())
     assert [c["run"] for c in board["cells"]] == [done["id"], cut["id"]]
     assert all(c["status"] == "completed" and c["steps"] == 12 for c in board["cells"])
+
+
+def test_seeded_matrix_shows_spread_and_ties_with_the_leader(tmp_path, shakespeare_like):
+    """Two architectures with the same config and seeds train the same runs (p = 1: tied); one
+    whose learning rate is 1e-6 cannot learn in 30 steps and is not tied."""
+    same = run_cli("config", "tiny")
+    (tmp_path / "same.yaml").write_text(same.stdout)
+    (tmp_path / "broken.yaml").write_text(same.stdout.replace("lr: 0.003", "lr: 1.0e-06"))
+    assert "lr: 1.0e-06" in (tmp_path / "broken.yaml").read_text()
+    result = run_cli(
+        "bench", "matrix", "--arch", f"tiny,{tmp_path / 'same.yaml'},{tmp_path / 'broken.yaml'}",
+        "--data", str(shakespeare_like), "--steps", "30", "--seeds", "3",
+        "--out", str(tmp_path / "matrix"), "model.block_size=32", "train.batch_size=4",
+        "train.eval_iters=2", "train.checkpoint_interval=0", "train.calibrate=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    board = json.loads((tmp_path / "matrix" / "leaderboard.json").read_text())
+    cells = {Path(c["arch"]).stem: c for c in board["cells"]}
+    assert all(c["seeds"] == 3 and len(c["val_losses"]) == 3 for c in cells.values())
+    assert cells["tiny"]["val_losses"] == cells["same"]["val_losses"]
+    leader = min(cells.values(), key=lambda c: c["val_loss"])
+    other = cells["same"] if leader is cells["tiny"] else cells["tiny"]
+    assert other["tied_with_leader"] and other["p_vs_leader"] == 1.0
+    assert not cells["broken"]["tied_with_leader"] and cells["broken"]["p_vs_leader"] < 0.01
+    markdown = (tmp_path / "matrix" / "leaderboard.md").read_text()
+    assert "| 2 (tied, p = 1.00) |" in markdown and " ± " in markdown
+    assert "| 3 | " in markdown and "g-matrix-" in markdown  # each cell's runs are a group

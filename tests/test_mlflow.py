@@ -81,3 +81,35 @@ def test_flatten_tags_and_lock_path(tmp_path):
     assert tags["shoshin.data.split_sha256"] == "s" * 64
     assert lock_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db.lock"
     assert lock_path("http://127.0.0.1:5000").name.startswith("mlflow-")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside MLflow's SQLAlchemy store
+def test_a_seed_group_is_a_parent_run_with_nested_children_and_its_statistics(
+    tmp_path, shakespeare_like
+):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "shoshin", "train", "tiny", f"data.source={shakespeare_like}",
+         *TINY, "tracking.mlflow=true", f"tracking.mlflow_uri={uri}", "--seeds", "2"],
+        capture_output=True, text=True, env={**os.environ, **THREADS}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "MLflow" not in result.stdout, result.stdout  # no warning
+    group = result.stdout.split()[1]
+    manifests = [
+        json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "runs").iterdir()
+    ]
+    client = mlflow.MlflowClient(uri)
+    (parent_id,) = {m["group"]["mlflow_run_id"] for m in manifests}
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == group and parent.info.status == "FINISHED"
+    assert parent.data.tags["shoshin.group_id"] == group
+    assert parent.data.params["model.n_embd"] == "16" and "train.seed" not in parent.data.params
+    children = [client.get_run(m["mlflow"]["run_id"]) for m in manifests]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent_id for c in children)
+    finals = [m["final_val_loss"] for m in manifests]
+    metrics = parent.data.metrics
+    assert metrics["final_val_loss.mean"] == pytest.approx(sum(finals) / 2)
+    assert metrics["final_val_loss.sd"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+    assert metrics["final_val_loss.n"] == 2 and metrics["runs_completed"] == 2

@@ -17,8 +17,15 @@ PACKAGE = Path(shoshin.__file__).parent
 # Bottom to top. A module belongs to the floor of the longest prefix that names it.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        "storage: files, text, checkpoint format, run records; errors, devices, progress",
-        ("shoshin.storage", "shoshin.errors", "shoshin.device", "shoshin.progress"),
+        "storage: files, text, checkpoint format, run records; errors, devices, progress, "
+        "statistics",
+        (
+            "shoshin.storage",
+            "shoshin.errors",
+            "shoshin.device",
+            "shoshin.progress",
+            "shoshin.stats",
+        ),
     ),
     (
         "config: plain data, and the registry of architectures",

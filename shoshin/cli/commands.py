@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from shoshin.cli.parser import LINK_OPTION
 from shoshin.config import Config, key_reference, load_config, preset_names, to_yaml
 from shoshin.errors import ShoshinError
 from shoshin.generation.params import SamplingParams, cli_options
@@ -32,6 +33,8 @@ def config_from_args(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.seeds:
+        return _train_group(args)
     if args.nproc:
         from shoshin.training.distributed import launch
 
@@ -50,10 +53,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             resume(run, changes=changes)
         else:
-            train(config, root, command=command_line(args))
+            command = ["shoshin", *_without_option(args.argv, LINK_OPTION)]
+            train(config, root, command=command, manifest=_group_link(args))
     finally:
         shutdown()  # leave the torchrun process group, if there is one
     return 0
+
+
+def _train_group(args: argparse.Namespace) -> int:
+    """`train CONFIG --seeds N|S1,S2,... [--parallel [K]]`: one group of runs (experiments.seeds)."""
+    from shoshin.experiments.seeds import parse_seeds, train_group
+
+    if args.resume or args.nproc:
+        raise ShoshinError(
+            "--seeds trains a new group of runs; it cannot go with --resume or --nproc"
+        )
+    config, _ = config_from_args(args)
+    seeds = parse_seeds(args.seeds, config.train.seed)
+    parallel = len(seeds) if args.parallel == -1 else (args.parallel or 0)
+    if parallel < 0:
+        raise ShoshinError("--parallel K must be at least 1")
+    member_args = _without_option(args.argv, "--seeds")[1:]  # without the `train` itself
+    if "--parallel" in member_args:  # a bare flag, or with its count
+        at = member_args.index("--parallel")
+        count = at + 1 < len(member_args) and member_args[at + 1].isdigit()
+        del member_args[at : at + 1 + count]
+    group = train_group(config, seeds, runs_root(args.runs_dir), member_args, parallel)
+    left_out = group.left_out()
+    print(f"group {group.id}: {len(group.completed())} of {len(seeds)} runs completed")
+    for line in left_out:
+        print(f"  {line}")
+    return 1 if left_out else 0
+
+
+def _group_link(args: argparse.Namespace) -> dict | None:
+    """The group a parallel member belongs to (set by `--seeds ... --parallel`, not by users)."""
+    if not args.group_link:
+        return None
+    from shoshin.storage.manifest import GroupLink
+
+    return {"group": GroupLink(**json.loads(args.group_link))}
 
 
 RESUME_KEYS = ("train.max_steps", "train.max_minutes")  # the budget: what a resume may change
@@ -134,14 +173,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
         except ShoshinError:  # no training run with a checkpoint yet: nothing is `latest`
             latest = None
         print(format_runs(summaries, latest))
+        from shoshin.runs.compare_view import format_groups
+        from shoshin.runs.groups import groups_in
+
+        groups = groups_in(root)
+        if groups:
+            print("\n" + format_groups(groups))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from shoshin.runs.groups import Group, resolve_subject
     from shoshin.runs.report import format_show, show_json
     from shoshin.storage.evaluations import read_records
 
-    run = resolve_run(args.run, runs_root(args.runs_dir))
+    run = resolve_subject(args.run, runs_root(args.runs_dir))
+    if isinstance(run, Group):
+        from shoshin.runs.compare_view import format_group, group_json
+
+        print(json.dumps(group_json(run), indent=2) if args.json else format_group(run))
+        return 0
     manifest, config, metrics = run.manifest, run.config, run.metrics()
     records = read_records(run.path)
     if args.json:
@@ -153,17 +204,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from shoshin.runs.compare import compare_runs
-    from shoshin.runs.report import format_compare, plot_runs
+    from shoshin.runs.compare_view import format_compare, plot_compare
+    from shoshin.runs.groups import resolve_subject
 
     root = runs_root(args.runs_dir)
-    runs = [resolve_run(ref, root) for ref in args.runs]
-    report = compare_runs(runs)
+    subjects = [resolve_subject(ref, root) for ref in args.runs]
+    report = compare_runs(subjects)
     if args.plot:
-        plot_runs(runs, args.plot)
+        plot_compare(subjects, report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_compare(report))
+        print(format_compare(report, verbose=args.verbose))
         if args.plot:
             print(f"\nplot: {args.plot}")
     return 0
@@ -186,18 +238,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ShoshinError(
             "reproduce takes one RUN (or --probe [CONFIG] [key=value ...]); see shoshin runs"
         )
+    from shoshin.runs.groups import Group, resolve_subject
+
     root = runs_root(args.runs_dir)
-    new, verdict = reproduce(
-        resolve_run(args.config, root),
-        root,
-        steps=args.steps,
-        force=args.force,
-        tolerance=args.tolerance,
-        command=command_line(args),
-    )
-    print(f"re-run: {new.id}")
-    print(verdict.line())
-    return 0 if verdict.ok else 1
+    subject = resolve_subject(args.config, root)
+    members = subject.runs if isinstance(subject, Group) else [subject]
+    ok = True
+    for run in members:  # a group: each member re-run and verified in turn
+        if len(members) > 1:
+            print(f"member {run.id} (seed {run.manifest.seed}):")
+        new, verdict = reproduce(
+            run,
+            root,
+            steps=args.steps,
+            force=args.force,
+            tolerance=args.tolerance,
+            command=command_line(args),
+        )
+        print(f"re-run: {new.id}")
+        print(verdict.line())
+        ok = ok and verdict.ok
+    return 0 if ok else 1
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -322,17 +383,38 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from shoshin.evaluation.evaluate import evaluate, load_subject
+    from shoshin.evaluation.evaluate import load_subject
+    from shoshin.runs.groups import eval_pairs
 
     if args.limit is not None and args.limit <= 0:
         raise ShoshinError("--limit must be positive (a count, or a fraction below 1)")
     if args.max_documents < 1:
         raise ShoshinError("--max-documents must be at least 1")
-    subject = load_subject(args.run, args.checkpoint, args.runs_dir)
-    against = load_subject(args.against, "latest", args.runs_dir) if args.against else None
     tasks = [t.strip() for value in args.tasks for t in value.split(",") if t.strip()]
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    records = evaluate(
+    pairs = eval_pairs(args.run, args.against, runs_root(args.runs_dir))
+    records = []
+    for ref, against_ref in pairs:
+        if len(pairs) > 1:
+            log(f"== {ref}" + (f" against {against_ref}" if against_ref else ""))
+        subject = load_subject(ref, args.checkpoint, args.runs_dir)
+        against = load_subject(against_ref, "latest", args.runs_dir) if against_ref else None
+        records += _evaluate_one(args, subject, against, tasks, log)
+    if len(pairs) > 1:
+        from shoshin.runs.compare_view import format_eval_group
+
+        log(format_eval_group(records))
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in records], indent=2))
+    return 0
+
+
+def _evaluate_one(args: argparse.Namespace, subject, against, tasks: list[str], log) -> list:
+    from shoshin.evaluation.evaluate import evaluate
+
+    return evaluate(
         subject,
         command_line(args),
         tasks=tasks,
@@ -349,11 +431,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out=args.out,
         log=log,
     )
-    if args.json:
-        from dataclasses import asdict
-
-        print(json.dumps([asdict(r) for r in records], indent=2))
-    return 0
 
 
 def cmd_bench_matrix(args: argparse.Namespace) -> int:
@@ -370,6 +447,7 @@ def cmd_bench_matrix(args: argparse.Namespace) -> int:
         steps=args.steps or 0,
         minutes=args.minutes or 0.0,
         overrides=list(args.overrides),
+        seeds=args.seeds,
     )
     run_matrix(spec, Path(args.out), runs_root(args.runs_dir))
     return 0

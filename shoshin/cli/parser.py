@@ -16,6 +16,8 @@ from shoshin.config import preset_names
 from shoshin.generation.params import SURFACE_DEFAULTS, cli_options
 from shoshin.storage.text import clean_text
 
+LINK_OPTION = "--group-link"  # how `train --seeds --parallel` tells a member its group (hidden)
+
 # -- CONFIG [key=value ...]: one declaration for every command that takes a config ------------
 
 
@@ -144,6 +146,22 @@ def _add_training_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train with N processes on this machine (starts torchrun; data-parallel DDP)",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="N|S1,S2,...",
+        help="a group of runs that differ only in train.seed: N seeds from train.seed on, or "
+        "these seeds; compare groups with shoshin compare GROUP_A GROUP_B",
+    )
+    p.add_argument(
+        "--parallel",
+        nargs="?",
+        type=int,
+        const=-1,
+        metavar="K",
+        help="with --seeds: train the runs as processes at once (K at a time; default all), "
+        "the CPU threads split between them",
+    )
+    p.add_argument(LINK_OPTION, help=argparse.SUPPRESS)
     p.set_defaults(func="cmd_train")
 
     p = sub.add_parser(
@@ -187,17 +205,35 @@ def _add_run_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func="cmd_runs")
 
-    p = sub.add_parser("show", parents=[common], help="show one run")
-    p.add_argument("run", metavar="RUN", help="run id, unique prefix, latest, or run directory")
+    p = sub.add_parser("show", parents=[common], help="show one run or seed group")
+    p.add_argument(
+        "run", metavar="RUN", help="run or group id, unique prefix, latest, or run directory"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func="cmd_show")
 
     p = sub.add_parser(
-        "compare", parents=[common], help="compare runs: config, code, data, environment, metrics"
+        "compare",
+        parents=[common],
+        help="compare runs or seed groups: which is better (with significance), then config, "
+        "code, data, environment",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more runs (id, prefix or path)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="two or more runs or seed groups (id, prefix or path; RUN1,RUN2,... is a group)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--plot", metavar="FILE.png", help="overlay the loss curves (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="learning curves (mean and min-max band per group) and final loss per run "
+        "(needs matplotlib: pip install 'shoshin[plot]')",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="list every environment and package difference"
+    )
     p.set_defaults(func="cmd_compare")
 
     p = sub.add_parser(
@@ -414,5 +450,13 @@ def _add_experiment_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     budget.add_argument("--steps", type=int, help="training steps per cell")
     budget.add_argument("--minutes", type=float, help="training minutes per cell")
     p.add_argument("--out", default="matrix", help="folder for the leaderboard and heatmap")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs per cell with seeds train.seed, +1, ...: cells show mean ± sd and the "
+        "leaderboard marks cells not significantly different from the leader as tied",
+    )
     add_config_arguments(p, config=False)
     p.set_defaults(func="cmd_bench_matrix")

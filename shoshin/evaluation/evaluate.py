@@ -162,8 +162,10 @@ def evaluate(
             records.append((validation_record(subject, command, log), None))
         docs, source = heldout_documents(subject, data, max_documents, max_tokens, log)
         scores = score_documents(subject.model, subject.tokenizer, docs)
-        log(format_heldout(scores, source))
-        records.append((heldout_record(scores, source, subject.checkpoint, command), None))
+        errors = scores.standard_errors()
+        log(format_heldout(scores, source, errors))
+        record = heldout_record(scores, source, subject.checkpoint, command, errors)
+        records.append((record, None))
     elif not tasks:
         raise ShoshinError(
             f"{subject.name} is not a run: give held-out data (--data FILE.jsonl) or --tasks"
@@ -225,7 +227,7 @@ def _task_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _pairwise(subject, against, data, limits, params, prompts, out, command, log):
-    from shoshin.evaluation.pairwise import Contestant, compare_pair, to_markdown
+    from shoshin.evaluation.pairwise import Contestant, compare_pair, interval_lines, to_markdown
     from shoshin.storage.files import atomic_write_text
 
     docs, source = heldout_documents(subject, data, *limits, log=log)
@@ -236,12 +238,15 @@ def _pairwise(subject, against, data, limits, params, prompts, out, command, log
         params,
         prompts,
     )
-    log(format_heldout(result.scores[0], source))
+    errors = result.scores[0].standard_errors()
+    log(format_heldout(result.scores[0], source, errors))
     log(
         f"pairwise: {subject.name} gives {result.wins} of {result.replies} reference replies the "
         f"higher likelihood, {against.name} {result.losses} ({result.ties} ties): "
         f"win rate {result.win_rate:.1%}"
     )
+    for line in interval_lines(result):
+        log(f"  {line}")
     markdown = to_markdown(result)
     name = f"pairwise.{against.name}"
     target = (
@@ -258,5 +263,5 @@ def _pairwise(subject, against, data, limits, params, prompts, out, command, log
         command=list(command),
         details={"data": source, "against_checkpoint": against.checkpoint, **result.details()},
     )
-    heldout = heldout_record(result.scores[0], source, subject.checkpoint, command)
+    heldout = heldout_record(result.scores[0], source, subject.checkpoint, command, errors)
     return [(heldout, None), (record, None)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch.nn as nn
@@ -23,6 +23,7 @@ from shoshin.generation.conversation import ChatSession
 from shoshin.generation.engine import Engine
 from shoshin.generation.params import SamplingParams
 from shoshin.generation.scoring import HeldOutScores, score_documents
+from shoshin.stats import Interval, bootstrap
 
 PROMPTS = 20  # conversations whose first reply both models write, by default
 TIE = 1e-6  # log-likelihoods (nats) closer than this are a tie
@@ -56,6 +57,11 @@ class PairwiseResult:
     scores: tuple[HeldOutScores, HeldOutScores]
     params: SamplingParams
     exchanges: list[Exchange] = field(default_factory=list)
+    # per conversation with assistant replies: each model's bits on them, their bytes, the
+    # first model's wins (ties half) and the replies: what the intervals resample
+    paired: dict[str, list[float]] = field(default_factory=dict)
+    bits_saved: Interval | None = None  # bits per byte the first model saves, 95% interval
+    win_interval: Interval | None = None  # the win rate with its 95% interval
 
     @property
     def replies(self) -> int:
@@ -79,9 +85,22 @@ class PairwiseResult:
                if "bits_per_byte" in a and "bits_per_byte" in b else {}),
         }  # fmt: skip
 
+    def intervals(self) -> dict[str, dict[str, float]]:
+        """The paired bootstrap intervals (over conversations) of the headline differences."""
+        out = {}
+        for key, interval in (
+            ("bits_per_byte_saved", self.bits_saved),
+            ("win_rate", self.win_interval),
+        ):
+            if interval is not None:
+                out[key] = asdict(interval)
+        return out
+
     def details(self) -> dict[str, Any]:
         return {
             "against": self.names[1],
+            "intervals": self.intervals(),
+            "per_conversation": self.paired,
             "held_out": {
                 name: s.to_dict() for name, s in zip(self.names, self.scores, strict=True)
             },
@@ -150,6 +169,7 @@ def compare_pair(
         else:
             losses += 1
     result = PairwiseResult((a.name, b.name), wins, losses, ties, scores, params)
+    paired_intervals(result, documents)
     seed = 0 if params.seed is None else params.seed
     for i, (d, r, history) in enumerate(first_exchanges(documents, prompts)):
         p = replace(params, seed=seed + i)  # the same seed for both models, a new one per prompt
@@ -162,6 +182,34 @@ def compare_pair(
             )
         )
     return result
+
+
+def paired_intervals(result: PairwiseResult, documents: Sequence[list[dict[str, str]]]) -> None:
+    """Fill in the per-conversation scores of both models and the bootstrap intervals of the
+    bits per byte the first model saves and of its win rate (conversations resampled whole:
+    replies within one conversation are not independent)."""
+    a_bits, b_bits, nbytes, wins, replies = [], [], [], [], []
+    for doc, la, lb in zip(documents, *(s.replies for s in result.scores), strict=True):
+        if not la:
+            continue
+        a_bits.append(-sum(la) / math.log(2))
+        b_bits.append(-sum(lb) / math.log(2))
+        nbytes.append(sum(len(m["content"].encode()) for m in doc if m["role"] == "assistant"))
+        wins.append(sum(1.0 if x - y > TIE else 0.5 if abs(x - y) <= TIE else 0.0
+                        for x, y in zip(la, lb, strict=True)))  # fmt: skip
+        replies.append(len(la))
+    result.paired = {"a_bits": a_bits, "b_bits": b_bits, "bytes": nbytes, "wins": wins,
+                     "replies": replies}  # fmt: skip
+    if not a_bits:
+        return
+    if all(nbytes):
+        result.bits_saved = bootstrap([a_bits, b_bits, nbytes], bits_saved)
+    result.win_interval = bootstrap([wins, replies], lambda w, r: w.sum() / r.sum())
+
+
+def bits_saved(a_bits, b_bits, nbytes) -> float:
+    """Bits per byte the first model saves over the second on these conversations."""
+    return (b_bits.sum() - a_bits.sum()) / nbytes.sum()
 
 
 def _quote(text: str) -> str:
@@ -180,6 +228,8 @@ def to_markdown(result: PairwiseResult) -> str:
         f"**Judge-free win rate of {a}: {result.win_rate:.1%}** — of {result.replies} reference "
         f"replies in {result.scores[0].documents} held-out conversations, {a} gives {result.wins} "
         f"the higher likelihood, {b} {result.losses} ({result.ties} ties).",
+        "",
+        *interval_lines(result),
         "",
         "| held-out (assistant tokens) | " + a + " | " + b + " |",
         "|---|---:|---:|",
@@ -218,3 +268,27 @@ def to_markdown(result: PairwiseResult) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def interval_lines(result: PairwiseResult) -> list[str]:
+    """The paired differences with their 95% intervals, in words (empty without intervals)."""
+    a, b = result.names
+    n = len(result.paired.get("a_bits", []))
+    lines = []
+    if result.bits_saved is not None:
+        i = result.bits_saved
+        sign = "saves" if i.value >= 0 else "costs"
+        clear = i.low > 0 or i.high < 0
+        lines.append(
+            f"{a} {sign} {abs(i.value):.4f} bits per byte against {b} on the same {n} conversations "
+            f"(95% paired bootstrap interval [{i.low:+.4f}, {i.high:+.4f}]"
+            + (
+                "; the interval excludes 0)"
+                if clear
+                else "; it includes 0: no detectable difference)"
+            )
+        )
+    if result.win_interval is not None:
+        w = result.win_interval
+        lines.append(f"win rate of {a}: {w.value:.1%} (95% interval {w.low:.1%} to {w.high:.1%})")
+    return lines

@@ -16,6 +16,7 @@ and a cell that never got going starts afresh.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 import secrets
@@ -27,11 +28,14 @@ import pydantic
 
 from shoshin.config import load_config
 from shoshin.errors import ShoshinError
+from shoshin.experiments.seeds import member_config
+from shoshin.runs.groups import PREFIX
 from shoshin.runs.report import pyplot
 from shoshin.runs.store import Run, readable_runs
+from shoshin.stats import ALPHA, compare, summarize
 from shoshin.storage.checkpoint import read_index
 from shoshin.storage.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from shoshin.storage.manifest import Manifest, MatrixCell
+from shoshin.storage.manifest import GroupLink, Manifest, MatrixCell
 from shoshin.training.runner import resume, train
 
 STATE = "matrix.json"
@@ -46,10 +50,13 @@ class MatrixSpec:
     steps: int = 0  # training steps per cell, or
     minutes: float = 0.0  # training minutes per cell (with the preset's steps as a ceiling)
     overrides: list[str] = field(default_factory=list)  # key=value for every cell
+    seeds: int = 1  # runs per cell (train.seed, +1, ...): cells then show mean ± sd
 
     def validate(self) -> None:
         if not self.archs or not self.datasets:
             raise ShoshinError("a matrix needs at least one --arch and one --data")
+        if self.seeds < 1:
+            raise ShoshinError("--seeds must be at least 1")
         if (self.steps > 0) == (self.minutes > 0):
             raise ShoshinError("give the budget of each cell as --steps N or --minutes M")
         for axis in (self.archs, self.datasets):
@@ -90,33 +97,41 @@ def run_matrix(spec: MatrixSpec, out: Path, runs_dir: Path, log=print) -> list[d
     matrix_id = _open_state(spec, Path(out))
     for i, ((arch, data), config) in enumerate(configs.items(), start=1):
         key = cell_key(arch, data)
-        found = _cell_run(runs_dir, matrix_id, key)
-        where = f"[{i}/{len(configs)}] {key}"
-        if found is not None and found[1].status == "completed":
-            log(f"{where}: done already (run {found[0].id})")
-            continue
-        run = found[0] if found else None
-        if run is not None and read_index(run.path / "checkpoints").get("latest"):
-            log(f"{where}: resuming run {run.id}")
-            resume(run, log=log)
-            continue
-        log(f"{where}: training")
+        seeds = [config.train.seed + k for k in range(spec.seeds)]
+        found = _cell_runs(runs_dir, matrix_id, key)
         command = ["shoshin", "train", arch, *spec.cell_overrides(data)]
-        train(
-            config,
-            runs_dir,
-            command=command,
-            log=log,
-            manifest={"matrix": MatrixCell(matrix_id, key, arch, data)},
-        )
+        link = None
+        if spec.seeds > 1:  # the cell's runs are a seed group: `shoshin compare` takes it whole
+            gid = f"{PREFIX}matrix-{matrix_id}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+            link = GroupLink(gid, seeds, [*command, "--seeds", str(spec.seeds)])
+        for seed in seeds:
+            where = f"[{i}/{len(configs)}] {key}" + (f", seed {seed}" if spec.seeds > 1 else "")
+            _train_cell(found.get(seed), member_config(config, seed), runs_dir, where, log,
+                        [*command, *([f"train.seed={seed}"] if link else [])],
+                        {"matrix": MatrixCell(matrix_id, key, arch, data), "group": link})  # fmt: skip
     cells = [
-        _cell_result(arch, data, _cell_run(runs_dir, matrix_id, cell_key(arch, data)))
+        _cell_result(arch, data, _cell_runs(runs_dir, matrix_id, cell_key(arch, data)))
         for arch in spec.archs
         for data in spec.datasets
     ]
+    mark_ties(cells)
     write_leaderboard(cells, spec, Path(out))
     log(f"leaderboard: {Path(out) / 'leaderboard.md'}")
     return cells
+
+
+def _train_cell(found, config, runs_dir: Path, where: str, log, command, fields) -> None:
+    """Train one run of a cell, unless it is done; resume it if it was interrupted."""
+    if found is not None and found[1].status == "completed":
+        log(f"{where}: done already (run {found[0].id})")
+        return
+    run = found[0] if found else None
+    if run is not None and read_index(run.path / "checkpoints").get("latest"):
+        log(f"{where}: resuming run {run.id}")
+        resume(run, log=log)
+        return
+    log(f"{where}: training")
+    train(config, runs_dir, command=command, log=log, manifest=fields)
 
 
 def _open_state(spec: MatrixSpec, out: Path) -> str:
@@ -148,42 +163,97 @@ def _open_state(spec: MatrixSpec, out: Path) -> str:
     return matrix_id
 
 
-def _cell_run(runs_dir: Path, matrix_id: str, key: str) -> tuple[Run, Manifest] | None:
-    """The run of one cell and its manifest: a completed one if any, else the latest attempt."""
-    runs = [
-        (run, m)
-        for run, m in readable_runs(runs_dir)
-        if m.matrix is not None and (m.matrix.id, m.matrix.cell) == (matrix_id, key)
-    ]
-    completed = [(run, m) for run, m in runs if m.status == "completed"]
-    return (completed or runs or [None])[-1]
+def _cell_runs(runs_dir: Path, matrix_id: str, key: str) -> dict[int, tuple[Run, Manifest]]:
+    """The runs of one cell by seed, each a completed one if any, else the latest attempt."""
+    by_seed: dict[int, list[tuple[Run, Manifest]]] = {}
+    for run, m in readable_runs(runs_dir):
+        if m.matrix is not None and (m.matrix.id, m.matrix.cell) == (matrix_id, key):
+            by_seed.setdefault(m.seed or 0, []).append((run, m))
+    out = {}
+    for seed, runs in by_seed.items():
+        completed = [(run, m) for run, m in runs if m.status == "completed"]
+        out[seed] = (completed or runs)[-1]
+    return out
 
 
-def _cell_result(arch: str, data: str, found: tuple[Run, Manifest] | None) -> dict[str, Any]:
-    """One leaderboard row from a cell's run."""
-    if found is None:
+def _cell_result(arch: str, data: str, found: dict[int, tuple[Run, Manifest]]) -> dict[str, Any]:
+    """One leaderboard row from a cell's runs: each figure as the mean over its seeds, with the
+    standard deviation of the loss and bits where there are several."""
+    if not found:
         raise ShoshinError(f"cell {cell_key(arch, data)} has no run; run the matrix again")
+    rows = [_run_result(run, m) for _, (run, m) in sorted(found.items())]
+    done = [r for r in rows if r["status"] == "completed"] or rows
+
+    def mean(key: str) -> float | None:
+        return summarize([r[key] for r in done if r[key] is not None]).mean
+
+    losses = summarize([r["val_loss"] for r in done if r["val_loss"] is not None])
+    bits = summarize([r["bits_per_unit"] for r in done if r["bits_per_unit"] is not None])
+    evals = {k: v for k, v in done[0]["eval"].items() if all(k in r["eval"] for r in done)}
+    return {
+        "arch": arch,
+        "data": data,
+        "run": ",".join(r["run"] for r in rows),
+        "group": next((m.group.id for _, m in found.values() if m.group), None),
+        "status": "completed" if all(r["status"] == "completed" for r in rows) else "incomplete",
+        "params": rows[0]["params"],
+        "steps": rows[0]["steps"],
+        "seeds": len(rows),
+        "val_loss": losses.mean,
+        "val_loss_sd": losses.sd,
+        "val_losses": losses.values,
+        "bits_per_unit": bits.mean,
+        "bits_sd": bits.sd,
+        "unit": rows[0]["unit"],  # char (char tokenizer) or byte (BPE)
+        "tokens_per_sec": mean("tokens_per_sec"),
+        "train_seconds": mean("train_seconds"),
+        "eval": {k: sum(r["eval"][k] for r in done) / len(done) for k in evals},
+    }
+
+
+def _run_result(run: Run, m: Manifest) -> dict[str, Any]:
     from shoshin.storage.evaluations import eval_metrics
 
-    run, m = found
     evals = [r for r in run.metrics() if "val_loss" in r]
     last = evals[-1] if evals else {}
     unit = next((k[len("val_bits_per_") :] for k in last if k.startswith("val_bits_per_")), None)
     elapsed = m.elapsed_seconds or 0
     return {
-        "arch": arch,
-        "data": data,
         "run": run.id,
         "status": m.status,
         "params": m.params,
         "steps": m.steps,
         "val_loss": m.final_val_loss,
         "bits_per_unit": last.get(f"val_bits_per_{unit}") if unit else None,
-        "unit": unit,  # char (char tokenizer) or byte (BPE)
+        "unit": unit,
         "tokens_per_sec": m.tokens_seen / elapsed if elapsed else None,
         "train_seconds": elapsed,
         "eval": eval_metrics(run.path, headline=True),  # end of training and later shoshin eval
     }
+
+
+def mark_ties(cells: list[dict[str, Any]]) -> None:
+    """Per dataset, mark the cells whose val loss is not significantly different from the
+    leader's (Welch's t-test, p >= 0.05): `tied_with_leader` and `p_vs_leader`. Cells of one
+    seed cannot be tested and are not marked."""
+    for data in {c["data"] for c in cells}:
+        ranked = sorted((c for c in cells if c["data"] == data), key=_rank_key)
+        leader = ranked[0]
+        for cell in ranked:
+            cell["tied_with_leader"], cell["p_vs_leader"] = False, None
+        for cell in ranked[1:]:
+            result = compare("val_loss", leader["val_losses"], cell["val_losses"])
+            if result.p is not None:
+                cell["p_vs_leader"] = result.p
+                cell["tied_with_leader"] = result.p >= ALPHA
+
+
+def _rank_key(cell: dict[str, Any]) -> float:
+    return math.inf if cell["val_loss"] is None else cell["val_loss"]
+
+
+def _spread(value: float | None, sd: float | None, spec: str) -> str:
+    return _fmt(value, spec) + ("" if sd is None else f" ± {sd:{spec}}")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -197,7 +267,14 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
     lines = [
         "# Benchmark matrix",
         "",
-        f"Budget per cell: {budget}; overrides: {overrides}. Lower loss and bits are better; "
+        f"Budget per cell: {budget}; overrides: {overrides}; {spec.seeds} seed(s) per cell"
+        + (
+            " (mean ± sd; `tied` marks a cell whose loss is not significantly different from the "
+            "leader's, Welch's t-test p >= 0.05)"
+            if spec.seeds > 1
+            else ""
+        )
+        + ". Lower loss and bits are better; "
         "bits are per character (char tokenizer) or per UTF-8 byte (BPE), comparable across "
         "tokenizers where the text is ASCII. Columns named `heldout.*` score whole validation "
         "conversations (or texts) at the end of training, `lm-eval.*` are harness tasks that "
@@ -205,10 +282,7 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
         "",
     ]
     for data in spec.datasets:
-        ranked = sorted(
-            (c for c in cells if c["data"] == data),
-            key=lambda c: math.inf if c["val_loss"] is None else c["val_loss"],
-        )
+        ranked = sorted((c for c in cells if c["data"] == data), key=_rank_key)
         evals = sorted({k for c in ranked for k in c.get("eval", {})})  # columns of shoshin eval
         lines += [
             f"## {data}",
@@ -219,12 +293,15 @@ def write_leaderboard(cells: list[dict[str, Any]], spec: MatrixSpec, out: Path) 
             "|---:|---|---:|---:|" + "---:|" * len(evals) + "---:|---:|---:|---|",
         ]
         for rank, c in enumerate(ranked, start=1):
-            bits = f"{_fmt(c['bits_per_unit'], '.4f')} /{c['unit']}" if c["unit"] else "-"
+            bits = f"{_spread(c['bits_per_unit'], c['bits_sd'], '.4f')} /{c['unit']}"
+            bits = bits if c["unit"] else "-"
             scores = "".join(f"{_fmt(c.get('eval', {}).get(k), '.4f')} | " for k in evals)
+            place = f"{rank} (tied, p = {c['p_vs_leader']:.2f})" if c["tied_with_leader"] else rank
+            loss = _spread(c["val_loss"], c["val_loss_sd"], ".4f")
             lines.append(
-                f"| {rank} | {c['arch']} | {_fmt(c['val_loss'], '.4f')} | {bits} | {scores}"
+                f"| {place} | {c['arch']} | {loss} | {bits} | {scores}"
                 f"{_fmt(c['tokens_per_sec'], ',.0f')} | {_fmt(c['params'], ',')} | "
-                f"{c['steps']} | {c['run']} |"
+                f"{c['steps']} | {c['group'] or c['run']} |"
             )
         lines.append("")
     lines += [

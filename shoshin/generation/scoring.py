@@ -193,6 +193,8 @@ class HeldOutScores:
     first_reply_token: Tally = field(default_factory=Tally)
     later_reply_tokens: Tally = field(default_factory=Tally)
     replies: list[list[float]] = field(default_factory=list)
+    # (nll, tokens, bytes) of the headline role in each document: for standard errors
+    per_document: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def headline(self) -> Tally:
@@ -210,6 +212,22 @@ class HeldOutScores:
             out["first_token_loss"] = self.first_reply_token.summary()["loss"]
             out["later_tokens_loss"] = self.later_reply_tokens.summary()["loss"]
         return {k: v for k, v in out.items() if v is not None}
+
+    def standard_errors(self) -> dict[str, float]:
+        """Bootstrap standard errors of the headline loss and bits per byte, resampling whole
+        documents (tokens of one conversation are not independent draws)."""
+        from shoshin.stats import bootstrap
+
+        docs = [d for d in self.per_document if d[1]]
+        if len(docs) < 2:
+            return {}
+        nll, tokens, nbytes = ([d[i] for d in docs] for i in range(3))
+        loss = bootstrap([nll, tokens], lambda n, t: n.sum() / t.sum())
+        out = {"loss": loss.se}
+        if all(nbytes):
+            bits = bootstrap([nll, nbytes], lambda n, b: n.sum() / b.sum() / math.log(2))
+            out["bits_per_byte"] = bits.se
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -234,20 +252,25 @@ def score_documents(
     rendered = [render_document(tokenizer, d) for d in documents]
     logprobs = token_logprobs(Engine(model), [ids for ids, _ in rendered])
     scores = HeldOutScores("text" if kinds == {True} else "chat", len(documents))
+    headline = "assistant" if scores.kind == "chat" else "text"
     for (_, spans), lps in zip(rendered, logprobs, strict=True):
         scores.replies.append([])
+        doc = [0.0, 0, 0]
         for span in spans:
             tally = scores.roles.setdefault(span.role, Tally())
             nll = [-lps[t] for t in range(span.start, span.stop)]
             tally.nll += sum(nll)
             tally.tokens += len(nll)
             tally.bytes += span.bytes
+            if span.role == headline:
+                doc = [doc[0] + sum(nll), doc[1] + len(nll), doc[2] + span.bytes]
             if span.role == "assistant":
                 scores.replies[-1].append(-sum(nll))
                 scores.first_reply_token.nll += nll[0]
                 scores.first_reply_token.tokens += 1
                 scores.later_reply_tokens.nll += sum(nll[1:])
                 scores.later_reply_tokens.tokens += len(nll) - 1
+        scores.per_document.append((doc[0], doc[1], doc[2]))
     return scores
 
 
@@ -255,7 +278,11 @@ def score_documents(
 
 
 def heldout_record(
-    scores: HeldOutScores, source: str, checkpoint: str | None, command: Sequence[str]
+    scores: HeldOutScores,
+    source: str,
+    checkpoint: str | None,
+    command: Sequence[str],
+    errors: dict[str, float] | None = None,
 ) -> EvalRecord:
     return EvalRecord(
         name="heldout",
@@ -263,12 +290,14 @@ def heldout_record(
         metrics=scores.metrics(),
         checkpoint=checkpoint,
         command=list(command),
-        details={"data": source, **scores.to_dict()},
+        details={"data": source, **scores.to_dict(), "standard_errors": errors or {}},
     )
 
 
-def format_heldout(scores: HeldOutScores, source: str) -> str:
-    """The held-out scores as a few lines of text."""
+def format_heldout(
+    scores: HeldOutScores, source: str, errors: dict[str, float] | None = None
+) -> str:
+    """The held-out scores as a few lines of text (with `errors`: their standard errors)."""
     lines = [f"held-out: {source}"]
     rows = [["role", "loss", "ppl", "bits/byte", "tokens"]]
     for role, tally in sorted(scores.roles.items()):
@@ -288,6 +317,12 @@ def format_heldout(scores: HeldOutScores, source: str) -> str:
             lines.append(
                 f"  reply tokens: first {first['loss']:.4f}, later {later_text} (loss per token)"
             )
+    if errors:
+        parts = ", ".join(f"{k.replace('_', ' ')} ± {v:.4f}" for k, v in errors.items())
+        lines.append(
+            f"  standard errors ({scores.kind == 'chat' and 'assistant' or 'text'}; bootstrap "
+            f"over the {len(scores.per_document)} documents): {parts}"
+        )
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shoshin.errors import ShoshinError
+from shoshin.runs.groups import Group
 from shoshin.runs.mlflow_sink import flatten
 from shoshin.runs.store import Run, effective_status
 from shoshin.storage.manifest import GitState, Manifest
@@ -196,20 +197,27 @@ def compare_code(runs: list[Run], manifests: list[Manifest]) -> dict[str, Any]:
 
 # -- metrics ---------------------------------------------------------------------------------
 
+# The headline numbers compared with statistics, in the order they are shown (then every eval).
+STAT_KEYS = ("final_val_loss", "final_val_bits", "tokens_per_sec", "duration_seconds")
+
 
 def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
-    """The headline numbers of a run: final and best val loss, steps, tokens/s, duration, and
-    every recorded evaluation (`eval`: `heldout.loss`, `lm-eval.<task>.acc`, ...)."""
+    """The headline numbers of a run: final and best val loss, final bits per char/byte, steps,
+    tokens/s, duration, and every recorded evaluation (`eval`: `heldout.loss`, ...)."""
     from shoshin.storage.evaluations import eval_metrics
 
     rows = run.metrics()
-    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    evals = [r for r in rows if "val_loss" in r]
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
+    last = evals[-1] if evals else {}
+    bits = next((v for k, v in last.items() if k.startswith("val_bits_per_")), None)
     return {
         "run": run.id,
         "status": effective_status(m, run.path),
-        "final_val_loss": vals[-1] if vals else None,
-        "best_val_loss": min(vals) if vals else None,
+        "seed": m.seed,
+        "final_val_loss": last.get("val_loss"),
+        "best_val_loss": min(r["val_loss"] for r in evals) if evals else None,
+        "final_val_bits": bits,  # per character (char tokenizer) or per UTF-8 byte
         "steps": m.steps or max((r["step"] for r in rows), default=0),
         "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "duration_seconds": m.elapsed_seconds,
@@ -217,29 +225,104 @@ def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
     }
 
 
-def compare_runs(runs: list[Run]) -> dict[str, Any]:
-    """Everything `shoshin compare` reports, as plain data (what --json prints)."""
-    if len(runs) < 2:
+def metric_values(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per metric, the values of `rows` (run_metrics) that have it: headline keys, then evals."""
+    out: dict[str, list[float]] = {}
+    for key in STAT_KEYS:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            out[key] = values
+    for name in sorted({k for r in rows for k in r["eval"]}):
+        out[name] = [r["eval"][name] for r in rows if name in r["eval"]]
+    return out
+
+
+def group_values(pairs: list[tuple[Run, Manifest]]) -> dict[str, list[float]]:
+    """Per metric, the values of these runs (a group's completed members)."""
+    return metric_values([run_metrics(r, m) for r, m in pairs])
+
+
+def _subject(subject: Run | Group) -> dict[str, Any]:
+    if isinstance(subject, Run):
+        m = subject.manifest
+        status = effective_status(m, subject.path)
+        return {"id": subject.id, "kind": "run", "runs": [subject.id], "seeds": [m.seed],
+                "completed": int(status == "completed"), "left_out": []}  # fmt: skip
+    return {
+        "id": subject.id,
+        "kind": "group",
+        "runs": [r.id for r in subject.runs],
+        "seeds": subject.seeds,
+        "completed": len(subject.completed()),
+        "left_out": subject.left_out(),
+    }
+
+
+def statistics(subjects: list[Run | Group], names: list[str]) -> list[dict[str, Any]]:
+    """Each subject after the first against the first, metric by metric (shoshin.stats).
+
+    A group contributes its completed members only; a single run contributes itself whatever its
+    status (it is the user's one run: its status is shown beside it).
+    """
+    from shoshin.stats import compare
+
+    def values(subject: Run | Group) -> dict[str, list[float]]:
+        pairs = subject.completed() if isinstance(subject, Group) else [(subject, subject.manifest)]
+        return group_values(pairs)
+
+    base = values(subjects[0])
+    out = []
+    for subject, name in zip(subjects[1:], names[1:], strict=True):
+        other = values(subject)
+        keys = [k for k in base if k in other] + [k for k in other if k not in base]
+        rows = [compare(k, base.get(k, []), other.get(k, []), (names[0], name)) for k in keys]
+        out.append({"a": subjects[0].id, "b": subject.id, "metrics": [c.to_dict() for c in rows]})
+    return out
+
+
+def compare_runs(subjects: list[Run | Group]) -> dict[str, Any]:
+    """Everything `shoshin compare` reports, as plain data (what --json prints).
+
+    Subjects are runs or seed groups; a group is represented by its first member in the
+    config, code, data and environment sections (its members share all of them but the seed).
+    """
+    if len(subjects) < 2:
         raise ShoshinError("compare needs at least two runs, e.g. shoshin compare RUN_A RUN_B")
-    if len({r.path.resolve() for r in runs}) < len(runs):
+    every = [r for s in subjects for r in (s.runs if isinstance(s, Group) else [s])]
+    if len({r.path.resolve() for r in every}) < len(every):
         raise ShoshinError("the same run is named twice; give different runs to compare")
+    runs = [s.runs[0] if isinstance(s, Group) else s for s in subjects]
     manifests = [r.manifest for r in runs]
     environments = [dataclasses.asdict(m.environment) if m.environment else {} for m in manifests]
     packages = _differing(_by_key([e.get("packages") or {} for e in environments]))
     data = [dataclasses.asdict(m.data) if m.data else {} for m in manifests]
-    metrics = [run_metrics(r, m) for r, m in zip(runs, manifests, strict=True)]
-    for row in metrics[1:]:
-        for key in ("final_val_loss", "best_val_loss", "tokens_per_sec", "duration_seconds"):
-            first = metrics[0][key]
-            row[f"delta_{key}"] = None if row[key] is None or first is None else row[key] - first
-        base = metrics[0]["eval"]
-        row["delta_eval"] = {k: v - base[k] for k, v in row["eval"].items() if k in base}
+    config = _differing(_by_key([r.config.to_dict() for r in runs]))
+    if any(isinstance(s, Group) for s in subjects):
+        config.pop("train.seed", None)  # seeds differ within groups by design
+    metrics = [run_metrics(r, r.manifest) for r in every]
+    if len(every) == len(subjects):  # single runs: each against the first, as deltas
+        for row in metrics[1:]:
+            for key in ("final_val_loss", "best_val_loss", "tokens_per_sec", "duration_seconds"):
+                first = metrics[0][key]
+                row[f"delta_{key}"] = (
+                    None if row[key] is None or first is None else row[key] - first
+                )
+            base = metrics[0]["eval"]
+            row["delta_eval"] = {k: v - base[k] for k, v in row["eval"].items() if k in base}
+    names = short_names([s.id for s in subjects])
     return {
-        "runs": [r.id for r in runs],
-        "config": _differing(_by_key([r.config.to_dict() for r in runs])),
+        "runs": [s.id for s in subjects],
+        "subjects": [_subject(s) for s in subjects],
+        "statistics": statistics(subjects, names),
+        "config": config,
         "code": compare_code(runs, manifests),
         "data": _differing(_by_key(data, DATA_KEYS)),
         "environment": _differing(_by_key(environments, ENV_KEYS)),
         "packages": packages,
         "metrics": metrics,
     }
+
+
+def short_names(ids: list[str]) -> list[str]:
+    """A, B, C ... as the text calls the subjects (the ids are long)."""
+    return [chr(ord("A") + i) if i < 26 else f"#{i + 1}" for i in range(len(ids))]

@@ -183,7 +183,11 @@ def open_mirror(
             # A resumed run continues its MLflow run rather than starting a second one.
             client.update_run(recorded.run_id, status="RUNNING")
             return MlflowMirror(client, recorded.run_id, run, log)
-        created = client.create_run(experiment_id, run_name=run.id)
+        group = run.manifest.group  # a seed group's member nests under the group's run
+        parent = (
+            {"mlflow.parentRunId": group.mlflow_run_id} if group and group.mlflow_run_id else {}
+        )
+        created = client.create_run(experiment_id, run_name=run.id, tags=parent)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log(f"warning: cannot open MLflow store {tracking.mlflow_uri} ({first}); not mirroring")

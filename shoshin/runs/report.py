@@ -1,4 +1,4 @@
-"""What `shoshin runs`, `show` and `compare` print, made from the typed run record.
+"""What `shoshin runs` and `show` print, made from the typed run record (compare: compare_view).
 
 Each view is a function from records to text (or, with --json, to plain data); the CLI only
 prints what these return. Plots (compare --plot, lr-find, the benchmark matrix) use `pyplot()`.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from shoshin.config import Config
@@ -23,9 +22,6 @@ from shoshin.runs.store import (
 )
 from shoshin.storage.evaluations import EvalRecord
 from shoshin.storage.manifest import DamagedRecord, Manifest, manifest_to_dict
-
-MAX_DIFF_LINES = 400  # of a code diff in compare's text view; --json has all of it
-
 
 # -- building blocks -----------------------------------------------------------------------
 
@@ -99,6 +95,7 @@ class RunSummary:
     error: str | None = None
     duration_seconds: float | None = None
     start_time: str | None = None
+    group: str | None = None  # the seed group (train --seeds) the run belongs to
 
 
 def summarize(run: Run) -> RunSummary:
@@ -124,6 +121,7 @@ def summarize(run: Run) -> RunSummary:
         error=m.error,
         duration_seconds=m.elapsed_seconds,
         start_time=m.start_time,
+        group=m.group.id if m.group else None,
     )
 
 
@@ -273,127 +271,3 @@ def _predicted_vs_actual(m: Manifest) -> list[str]:
             f"({m.peak_rss_bytes / predicted_bytes:.2f}x)"
         )
     return lines
-
-
-# -- shoshin compare -----------------------------------------------------------------------
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-        return value[:12]  # a sha256
-    return "-" if value is None else str(value)
-
-
-def _section(title: str, values: dict[str, list[Any]], ids: list[str]) -> list[str]:
-    if not values:
-        return [f"{title}: identical"]
-    rows = [[key, *(_short(v) for v in vs)] for key, vs in values.items()]
-    return [f"{title}:", *table(["key", *ids], rows, indent="  ")]
-
-
-def _git_cell(state: dict[str, Any] | None) -> str:
-    if not state:
-        return "-"
-    commit = (state.get("commit") or "no commit")[:10]
-    return commit + (" (dirty)" if state.get("dirty") else "")
-
-
-def format_compare(report: dict[str, Any]) -> str:
-    """The human-readable side-by-side view of shoshin.runs.compare.compare_runs()."""
-    ids = report["runs"]
-    short_ids = [i if len(i) <= 28 else i[:28] for i in ids]
-    lines = ["runs: " + "  ".join(ids), ""]
-    lines += _section("config (keys that differ)", report["config"], short_ids)
-    lines.append("")
-
-    code = report["code"]
-    labels = sorted({k for p in code["runs"] for k in p if k.endswith("_git")})
-    rows = [["fingerprint", *(_short(p["fingerprint"]) for p in code["runs"])]]
-    rows += [[label, *(_git_cell(p.get(label)) for p in code["runs"])] for label in labels]
-    verdict = "differ" if code["fingerprint_differs"] else "identical"
-    lines += [f"code (fingerprints {verdict}):", *table(["", *short_ids], rows, indent="  ")]
-    for run_id, files in code["changed_source_files"].items():
-        if files:
-            lines.append(f"  shoshin source files that differ in {run_id}: {', '.join(files)}")
-    if code["config_file_differs"]:
-        lines.append("  the config files differ")
-    for d in code["diffs"]:
-        lines.append(f"  {d['repo']} code, {d['from']} -> {d['to']}:")
-        if "diff" in d:
-            text = d["diff"].rstrip() or "(same files: the recorded states are equivalent)"
-            diff_lines = text.splitlines()
-            lines += ["    " + line for line in diff_lines[:MAX_DIFF_LINES]]
-            if len(diff_lines) > MAX_DIFF_LINES:
-                lines.append(f"    ... {len(diff_lines) - MAX_DIFF_LINES} more lines (see --json)")
-        else:
-            lines.append(f"    {d['note']}")
-    lines.append("")
-
-    lines += _section("data", report["data"], short_ids)
-    lines += _section("environment", report["environment"], short_ids)
-    if report["packages"]:
-        lines += _section("packages that differ", report["packages"], short_ids)
-    lines.append("")
-
-    rows = []
-    for i, m in enumerate(report["metrics"]):
-
-        def cell(key: str, fmt: str, m: dict = m, i: int = i) -> str:
-            if m[key] is None:
-                return "-"
-            text = format(m[key], fmt)
-            delta = m.get(f"delta_{key}")
-            return text if i == 0 or delta is None else f"{text} ({delta:+{fmt}})"
-
-        rows.append(
-            [
-                short_ids[i],
-                m["status"],
-                str(m["steps"]),
-                cell("final_val_loss", ".4f"),
-                cell("best_val_loss", ".4f"),
-                cell("tokens_per_sec", ",.0f"),
-                cell("duration_seconds", ".1f"),
-            ]
-        )
-    headers = ["run", "status", "steps", "final val", "best val", "tokens/s", "seconds"]
-    lines += ["metrics (Δ against the first run):", *table(headers, rows, indent="  ")]
-    names = sorted({k for m in report["metrics"] for k in m["eval"]})
-    if names:
-        rows = []
-        for name in names:
-            cells = []
-            for i, m in enumerate(report["metrics"]):
-                value, delta = m["eval"].get(name), m.get("delta_eval", {}).get(name)
-                text = "-" if value is None else f"{value:.4f}"
-                cells.append(text if i == 0 or delta is None else f"{text} ({delta:+.4f})")
-            rows.append([name, *cells])
-        lines += ["evaluations (shoshin eval; Δ against the first run):"]
-        lines += table(["metric", *short_ids], rows, indent="  ")
-    return "\n".join(lines)
-
-
-def plot_runs(runs: list[Run], path: Path) -> None:
-    """Overlay the train (solid) and val (dashed) loss curves of the runs in one PNG."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for i, run in enumerate(runs):
-        color = f"C{i % 10}"
-        rows = run.metrics()
-        train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-        if train:
-            ax.plot(*zip(*train, strict=True), color=color, label=f"{run.id} train")
-        if val:
-            ax.plot(*zip(*val, strict=True), "--o", color=color, ms=3, label=f"{run.id} val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

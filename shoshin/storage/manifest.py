@@ -209,6 +209,18 @@ class MatrixCell:
 
 
 @dataclass
+class GroupLink:
+    """The seed group a run belongs to (`shoshin train ... --seeds N`): the group's id, every seed
+    it planned (so a member that never started is still missed) and the command that made it."""
+
+    id: str = ""
+    seeds: list[int] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    parallel: int = 1  # members trained at once
+    mlflow_run_id: str = ""  # the group's parent run in MLflow (tracking.mlflow=true)
+
+
+@dataclass
 class Reproduction:
     """The outcome of `shoshin reproduce`: `of` the original run, by the re-run `run`."""
 
@@ -287,6 +299,7 @@ class Manifest:
     mlflow: MlflowLink | None = None
     # what experiments add
     matrix: MatrixCell | None = None
+    group: GroupLink | None = None
     reproduction_of: str | None = None
     reproduction_steps: int | None = None
     reproduction: Reproduction | None = None

@@ -346,7 +346,7 @@ class Trainer:
         self.run.update_manifest(
             heartbeat=now_iso(),
             steps=self.step,
-            elapsed_seconds=round(self.elapsed, 2),
+            elapsed_seconds=round(self.elapsed, 4),
             tokens_seen=self.tokens_seen,
         )
 
@@ -456,7 +456,7 @@ class Trainer:
             steps=self.step,
             planned_steps=self.config.train.max_steps,
             stopped_on_budget=self.stopped_on_budget,
-            elapsed_seconds=round(self.elapsed, 2),
+            elapsed_seconds=round(self.elapsed, 4),
             tokens_seen=self.tokens_seen,
             peak_rss_bytes=peak_resident_bytes(),
             best_val_loss=min(vals) if vals else None,

@@ -86,7 +86,8 @@ def load(
 
 def resolve_source(src: str | Path, runs_dir: str | Path | None = None) -> Run | str:
     """A run, or the name of a Hugging Face checkpoint (folder or hub id) when src is not a run."""
-    from shoshin.interop.hf import close_hub_model, is_checkpoint_dir, looks_like_hub_id
+    from shoshin.interop.hf import is_checkpoint_dir
+    from shoshin.interop.hub import close_hub_model, looks_like_hub_id
 
     src = str(src)
     if is_checkpoint_dir(src):

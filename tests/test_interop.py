@@ -196,7 +196,7 @@ def test_a_mistyped_run_name_never_goes_to_the_hub(tmp_path, offline):
 
 
 def test_names_shaped_like_hub_ids():
-    from shoshin.interop.hf import KNOWN_HUB_MODELS, looks_like_hub_id
+    from shoshin.interop.hub import KNOWN_HUB_MODELS, looks_like_hub_id
 
     assert all(looks_like_hub_id(name) for name in KNOWN_HUB_MODELS)
     assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M")

@@ -36,6 +36,7 @@ from shoshin.data.tokenizers import (
 )
 from shoshin.errors import ShoshinError
 from shoshin.progress import SlowWork, format_bytes, format_seconds
+from shoshin.storage.files import cache_dir
 
 CACHE_VERSION = 3  # 2: meta.json holds the split digest and the leakage report
 # 3: text is tokenized as text (a literal <|end|> is not the special token); BOMs are skipped
@@ -63,8 +64,7 @@ class PreparedData:
 
 def cache_root() -> Path:
     """Where tokenized data is cached: $SHOSHIN_CACHE_DIR or ~/.cache/shoshin."""
-    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
-    return Path(root) / "data"
+    return cache_dir() / "data"
 
 
 def data_fingerprint(

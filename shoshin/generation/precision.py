@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from shoshin.generation.quantize import (
     quantize_int8,
     replace_linears,
 )
+from shoshin.storage.files import atomic_write_json, cache_dir
 
 QUANTIZE = (None, "none", "int8", "int4")
 DTYPES = {
@@ -56,8 +56,7 @@ DTYPES = {
 
 
 def _measure_cache_file() -> Path:
-    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
-    return Path(root) / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def _cpu_key() -> str:
@@ -120,9 +119,7 @@ def _store_speeds(result: dict) -> None:
             table = {}
         table[_cpu_key()] = result
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+        atomic_write_json(path, table)
     except OSError:
         pass
 

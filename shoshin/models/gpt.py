@@ -113,6 +113,28 @@ class CacheStep:
     mask: torch.Tensor | None  # (B, 1, T, S), or None when every new token sees all S
 
 
+def token_positions(
+    idx: torch.Tensor, cache: KVCache | None, block_size: int
+) -> tuple[CacheStep | None, torch.Tensor]:
+    """Where the tokens idx (B, T) sit: 0..T-1 without a cache (T at most block_size), else after
+    each row's cached tokens. Returns the cache's plan for this pass (None without a cache) and
+    the positions, (T,) or (B, T)."""
+    T = idx.size(1)
+    if cache is None:
+        if T > block_size:
+            raise ValueError(f"{T} tokens is longer than block_size {block_size}")
+        return None, torch.arange(T, device=idx.device)  # (T,)
+    step = cache.plan(T, idx.device)
+    return step, step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+
+
+def at_positions(x: torch.Tensor, logits_at: torch.Tensor | None) -> torch.Tensor:
+    """x (B, T, C) at position logits_at[b] of each row b, (B, 1, C); all of x when None."""
+    if logits_at is None:
+        return x
+    return x[torch.arange(x.size(0), device=x.device), logits_at.to(x.device)][:, None]
+
+
 # Attention over a KV cache leaves out cuDNN's kernel: it builds a new execution plan for every new
 # key length (about 60 ms per token for GPT-2-124M in bf16 on an H100, where a step takes 3 ms),
 # and a cache grows by one key per decoded token.
@@ -271,28 +293,18 @@ class GPT(nn.Module):
         prefill needs just the last prompt token's, and the vocabulary projection of every other
         position would be the largest matmul of the pass.
         """
-        B, T = idx.size()
-        step = None
-        if cache is None:
-            if T > self.config.block_size:
-                raise ValueError(f"{T} tokens is longer than block_size {self.config.block_size}")
-            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        else:
-            step = cache.plan(T, idx.device)
-            pos = step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        step, pos = token_positions(idx, cache, self.config.block_size)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         # attention over a cache: one kernel choice for all layers (entering it costs per call)
         with sdpa_kernel(CACHED_ATTENTION_KERNELS) if cache is not None else nullcontext():
             for i, block in enumerate(self.h):
                 x = block(x, cache, i, step)
         if cache is not None:
-            cache.lengths += T  # advanced once, by the model, after every layer has written
+            cache.lengths += idx.size(1)  # advanced once, by the model, after every layer wrote
         x = self.ln_f(x)
         if targets is not None:
             return head_loss(self.lm_head, x, targets)
-        if logits_at is not None:
-            x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
-        return self.lm_head(x)  # (B, T or 1, vocab)
+        return self.lm_head(at_positions(x, logits_at))  # (B, T or 1, vocab)
 
     def decode_static(
         self, idx: torch.Tensor, cache: KVCache, starts: torch.Tensor

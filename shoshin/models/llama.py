@@ -27,7 +27,14 @@ from torch.nn.attention import sdpa_kernel
 
 from shoshin.architectures import head_dim, intermediate_size, kv_heads
 from shoshin.config import ModelConfig
-from shoshin.models.gpt import CACHED_ATTENTION_KERNELS, CacheStep, KVCache, TiedEmbedding
+from shoshin.models.gpt import (
+    CACHED_ATTENTION_KERNELS,
+    CacheStep,
+    KVCache,
+    TiedEmbedding,
+    at_positions,
+    token_positions,
+)
 from shoshin.models.loss import head_loss
 
 
@@ -212,15 +219,7 @@ class Llama(nn.Module):
 
         The cache and logits_at work as in GPT.forward.
         """
-        B, T = idx.size()
-        step = None
-        if cache is None:
-            if T > self.config.block_size:
-                raise ValueError(f"{T} tokens is longer than block_size {self.config.block_size}")
-            pos = torch.arange(T, device=idx.device)  # (T,)
-        else:
-            step = cache.plan(T, idx.device)
-            pos = step.starts[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        step, pos = token_positions(idx, cache, self.config.block_size)
         cos, sin = rotary(pos, head_dim(self.config), self.config.rope_theta)
         if cache is not None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs): one set of positions per row
@@ -228,13 +227,11 @@ class Llama(nn.Module):
         for i, block in enumerate(self.layers):
             x = block(x, (cos, sin), cache, i, step)
         if cache is not None:
-            cache.lengths += T  # advanced once, by the model, after every layer has written
+            cache.lengths += idx.size(1)  # advanced once, by the model, after every layer wrote
         x = self.norm(x)
         if targets is not None:
             return head_loss(self.logits, x, targets)
-        if logits_at is not None:
-            x = x[torch.arange(B, device=x.device), logits_at.to(x.device)][:, None]  # (B, 1, C)
-        return self.logits(x)  # (B, T or 1, vocab)
+        return self.logits(at_positions(x, logits_at))  # (B, T or 1, vocab)
 
     def fuse(self) -> None:
         """For inference (in place): each layer's q, k, v projections become one matmul, and so do

@@ -13,7 +13,6 @@ way; after that the schema exists and concurrent runs only write rows.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from shoshin.config import Config
 from shoshin.errors import ShoshinError
 from shoshin.storage.evaluations import EVAL_DIR, EvalRecord
-from shoshin.storage.files import read_json
+from shoshin.storage.files import cache_dir, read_json
 from shoshin.storage.manifest import Manifest, MlflowLink, read_manifest
 
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -45,8 +44,7 @@ def lock_path(uri: str) -> Path:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :] + ".lock")
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    root = os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin"
-    return Path(root) / f"mlflow-{digest}.lock"
+    return cache_dir() / f"mlflow-{digest}.lock"
 
 
 def open_store(uri: str, experiment: str) -> tuple[Any, str]:

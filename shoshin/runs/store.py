@@ -58,7 +58,18 @@ def resume_command(run_dir: Path) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """UTC now, to the millisecond: two runs started in the same second (a parallel seed group, a
+    run made right after another) still have an order."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _started_at(manifest: Manifest) -> datetime:
+    """When a run started, for ordering (a manifest without a readable start time sorts first)."""
+    try:
+        started = datetime.fromisoformat(manifest.start_time or "")
+    except (TypeError, ValueError):
+        started = datetime.min
+    return started if started.tzinfo else started.replace(tzinfo=timezone.utc)
 
 
 class Run:
@@ -253,7 +264,7 @@ def latest_run(root: Path, say: Callable[[str], None] | None = None) -> Run:
     """
     started = sorted(
         (
-            (m.start_time or "", run.id, run, m)
+            (_started_at(m), run.id, run, m)
             for run, m in readable_runs(root)
             if run_kind(m) in TRAINING_KINDS
         ),

@@ -9,6 +9,7 @@ or the other, depending on `stream`.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from fastapi import Request
@@ -26,8 +27,8 @@ def sse(data: dict | str, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
 
 
-class Reply:
-    """How one endpoint shapes its answer; subclasses fill in `chunk` and `whole`."""
+class Reply(ABC):
+    """How one endpoint shapes its answer; each endpoint's subclass defines `chunk` and `whole`."""
 
     headers: dict[str, str] | None = None
 
@@ -35,17 +36,17 @@ class Reply:
         """Events sent before any text (say, each choice's role)."""
         return ()
 
+    @abstractmethod
     def chunk(self, choices: Choices, delta: Delta) -> Iterable[str]:
         """Events for one delta of one choice."""
-        raise NotImplementedError
 
     def closing(self, choices: Choices) -> Iterable[str]:
         """Events after every choice has finished (usage, `[DONE]`)."""
         return ()
 
+    @abstractmethod
     def whole(self, choices: Choices, texts: list[str]) -> BaseModel:
         """The body of the non-streamed response, once every choice is done."""
-        raise NotImplementedError
 
 
 async def respond(

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_dir() -> Path:
+    """shoshin's cache folder (tokenized data, measured speeds, locks): $SHOSHIN_CACHE_DIR or
+    ~/.cache/shoshin."""
+    return Path(os.environ.get("SHOSHIN_CACHE_DIR") or Path.home() / ".cache" / "shoshin")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the new one, never half."""
     path = Path(path)

@@ -19,9 +19,10 @@ import scipy.stats
 from conftest import CTRL_C_IN_SECOND_RUN, _shared_cache, run_cli, write_corpus
 from gitrepo import TINY
 
+from shoshin.errors import ShoshinError
 from shoshin.runs.compare import compare_runs
 from shoshin.runs.compare_view import compare_figure, format_compare
-from shoshin.runs.groups import resolve_subject
+from shoshin.runs.groups import eval_pairs, resolve_subject
 from shoshin.runs.store import Run
 from shoshin.storage.manifest import read_metrics
 
@@ -148,10 +149,12 @@ def test_interrupted_and_missing_members_are_reported_not_averaged(tmp_path, sha
     shown = run_cli("show", group)
     assert f"left out: {manifests[1338]['id']} (seed 1338) is interrupted" in shown.stdout
     assert "left out: seed 1339 has no run (it never started)" in shown.stdout
-    assert "final val loss ↓            " in shown.stdout and "(1)" not in shown.stdout
+    (loss_row,) = [r for r in shown.stdout.splitlines() if r.startswith("  final val loss ↓")]
+    assert "±" not in loss_row, loss_row  # one completed run: its value, no spread
     data = json.loads(run_cli("show", group, "--json").stdout)
     completed = _final_losses(tmp_path / "runs", [manifests[1337]["id"]])
     assert data["statistics"]["final_val_loss"]["values"] == completed  # the completed one only
+    assert loss_row.split()[-1] == f"{completed[0]:.4f}"
     listed = run_cli("runs").stdout
     assert "1/3 completed (interrupted, missing)" in listed
 
@@ -242,3 +245,29 @@ def test_reproducing_a_group_re_runs_each_member(groups, monkeypatch):
     for member in members:
         manifest = json.loads((runs_dir / member / "manifest.json").read_text())
         assert manifest["group"]["id"] == ids["C"] and len(manifest["reproductions"]) == 1
+
+
+@pytest.mark.slow
+def test_eval_of_a_group_scores_each_member_and_pairs_groups_in_seed_order(groups, monkeypatch):
+    runs_dir, ids = groups
+    monkeypatch.setenv("SHOSHIN_RUNS_DIR", str(runs_dir))
+    a, c = resolve_subject(ids["A"], runs_dir), resolve_subject(ids["C"], runs_dir)
+    pairs = eval_pairs(ids["A"], ids["C"], runs_dir)
+    assert pairs == [(str(x.path), str(y.path)) for x, y in zip(a.runs, c.runs, strict=True)]
+    assert [Run(Path(p)).manifest.seed for p, _ in pairs] == [1337, 1338, 1339]
+    one = str(c.runs[0].path)
+    assert [b for _, b in eval_pairs(ids["A"], one, runs_dir)] == [one] * 3  # all against one
+    two = ",".join(r.id for r in c.runs[:2])
+    with pytest.raises(ShoshinError, match="has 3 completed runs and .* 2"):
+        eval_pairs(ids["A"], two, runs_dir)
+
+    before = {r.id: (r.path / "eval" / "heldout.json").stat().st_mtime_ns for r in a.runs}
+    result = run_cli("eval", ids["A"], "--max-documents", "2")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("== ")] == [
+        f"== {r.path}" for r in a.runs
+    ]
+    summary = result.stdout.split("over the group (mean ± sd (n)):")[1]
+    assert "(3)" in summary  # each metric over the three members
+    for run in a.runs:  # and each member's own record was written again
+        assert (run.path / "eval" / "heldout.json").stat().st_mtime_ns > before[run.id]

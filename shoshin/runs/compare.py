@@ -198,7 +198,13 @@ def compare_code(runs: list[Run], manifests: list[Manifest]) -> dict[str, Any]:
 # -- metrics ---------------------------------------------------------------------------------
 
 # The headline numbers compared with statistics, in the order they are shown (then every eval).
-STAT_KEYS = ("final_val_loss", "final_val_bits", "tokens_per_sec", "duration_seconds")
+STAT_KEYS = (
+    "final_val_loss",
+    "final_val_bits_per_byte",  # BPE runs
+    "final_val_bits_per_char",  # char-tokenizer runs
+    "tokens_per_sec",
+    "duration_seconds",
+)
 
 
 def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
@@ -210,14 +216,14 @@ def run_metrics(run: Run, m: Manifest) -> dict[str, Any]:
     evals = [r for r in rows if "val_loss" in r]
     speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
     last = evals[-1] if evals else {}
-    bits = next((v for k, v in last.items() if k.startswith("val_bits_per_")), None)
+    bits = {f"final_{k}": v for k, v in last.items() if k.startswith("val_bits_per_")}
     return {
         "run": run.id,
         "status": effective_status(m, run.path),
         "seed": m.seed,
         "final_val_loss": last.get("val_loss"),
         "best_val_loss": min(r["val_loss"] for r in evals) if evals else None,
-        "final_val_bits": bits,  # per character (char tokenizer) or per UTF-8 byte
+        **bits,  # final_val_bits_per_char (char tokenizer) or final_val_bits_per_byte (BPE)
         "steps": m.steps or max((r["step"] for r in rows), default=0),
         "tokens_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "duration_seconds": m.elapsed_seconds,

@@ -20,7 +20,8 @@ SHORT_DIFF_LINES = 60  # without --verbose
 COUNTS = ("wins", "losses", "ties", "replies", "tokens", "documents", "steps")
 LABELS = {
     "final_val_loss": "final val loss",
-    "final_val_bits": "final val bits/char|byte",
+    "final_val_bits_per_byte": "final val bits/byte",
+    "final_val_bits_per_char": "final val bits/char",
     "tokens_per_sec": "tokens/s",
     "duration_seconds": "train seconds",
 }
@@ -31,10 +32,13 @@ def label(metric: str, lower: bool) -> str:
 
 
 def number_format(metric: str, values: list[float]) -> str:
-    """Counts as integers, speeds without decimals, times to 0.1 s, the rest to 4 decimals."""
+    """Counts as integers, speeds without decimals, times to 0.1 s (0.01 s under 10 s), the rest
+    to 4 decimals."""
     if metric.rsplit(".", 1)[-1] in COUNTS and all(float(v).is_integer() for v in values):
         return ",.0f"
-    return {"tokens_per_sec": ",.0f", "duration_seconds": ".1f"}.get(metric, ".4f")
+    if metric == "duration_seconds":
+        return ".2f" if all(abs(v) < 10 for v in values) else ".1f"
+    return {"tokens_per_sec": ",.0f"}.get(metric, ".4f")
 
 
 def _short(value: Any) -> str:
